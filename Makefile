@@ -1,0 +1,41 @@
+# The README's two commands: `make demo` and `make test`. Each creates .venv when it
+# is missing and installs everything it needs; nothing is expected to be installed by hand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.camkit-installed
+
+# torch/torchvision are pinned: these versions install from the machine's local store.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+# Packages that carry real sample images; installed without their (heavy) dependencies
+# and never imported, only read from disk.
+SAMPLES := foolbox==3.3.4 imgaug==0.4.0
+
+.PHONY: demo test bench lint clean venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e ".[models,test]"
+	$(PIP) install -q --no-deps $(SAMPLES)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/camkit demo
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(PIP) install -q -e ".[bench]" $(TORCH)
+	touch $@
+
+bench: $(VENV)/.bench-installed
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

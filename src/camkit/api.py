@@ -1,0 +1,254 @@
+"""``camkit.explain``, the :class:`Explanation` it returns, and the one-method classes."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import capture
+from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
+from .methods import registry
+from .methods.registry import GRADIENTS, INPUT_GRADIENTS, LayerPass, Method
+from .postprocess import postprocess
+from .targets import ScoreFn, TargetSpec, resolve
+
+
+class Explanation(Mapping[str, Tensor]):
+    """The maps of one ``camkit.explain`` call.
+
+    ``expl[name]`` is ``(B, K, H, W)`` float32 in [0, 1] on the input's device;
+    ``expl.raw[name]`` the map before ReLU, upsampling and normalisation;
+    ``expl.constant[name]`` a ``(B, K)`` bool tensor of maps that were constant (returned as
+    zeros); ``expl.targets`` the ``(B, K)`` class indices (``None`` for custom scores);
+    ``expl.scores`` the ``(B, K)`` target scores; ``expl.outputs`` the model output;
+    ``expl.layer`` the target layer's name; ``expl.details`` what methods reported.
+    """
+
+    def __init__(self, maps: dict[str, Tensor], raw: dict[str, Tensor],
+                 constant: dict[str, Tensor], targets: Tensor | None, scores: Tensor,
+                 outputs: Any, layer: str, details: dict[str, Any]) -> None:
+        self.maps, self.raw, self.constant = maps, raw, constant
+        self.targets, self.scores, self.outputs = targets, scores, outputs
+        self.layer, self.details = layer, details
+
+    def __getitem__(self, method: str) -> Tensor:
+        if method not in self.maps:
+            raise KeyError(f"{method!r} was not computed; this explanation has {list(self.maps)}")
+        return self.maps[method]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.maps)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    def numpy(self, method: str) -> np.ndarray:
+        """``expl[method]`` as a float32 numpy array on the CPU."""
+        return self[method].detach().cpu().numpy()
+
+    def __repr__(self) -> str:
+        shape = tuple(next(iter(self.maps.values())).shape) if self.maps else ()
+        return f"Explanation(methods={list(self.maps)}, shape={shape}, layer={self.layer!r})"
+
+
+def as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
+    """Validate the input: ``(B, C, H, W)`` or ``(C, H, W)``, or a tuple of tensors for a
+    multi-input model; finite values only."""
+    inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError("x must be a tensor (B, C, H, W) or a tuple of tensors")
+    first = inputs[0]
+    if first.dim() == 3:
+        inputs = tuple(t.unsqueeze(0) for t in inputs)
+    elif first.dim() != 4:
+        raise ValueError(
+            f"x must be an image batch (B, C, H, W) or one image (C, H, W); got shape "
+            f"{tuple(first.shape)}"
+        )
+    for t in inputs:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError("x contains NaN or infinite values; clean the input first")
+    return inputs
+
+
+def resolve_layer(model: nn.Module, layer: LayerSpec, inputs: tuple[Tensor, ...]) -> tuple[str, nn.Module]:
+    """The target layer as ``(dotted name, module)``; ``None`` picks the last spatial layer."""
+    if isinstance(layer, nn.Module):
+        return module_name(model, layer), layer
+    if layer is None:
+        with capture.borrowed(model):
+            layer = choose_layer(model, inputs)
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be a module, a dotted name or None, got {type(layer).__name__}")
+    return layer, find_layer(model, layer)
+
+
+def _options_for(methods: list[Method], options: dict[str, Any]) -> list[dict[str, Any]]:
+    known = {name for m in methods for name in m.options}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        accepted = ", ".join(sorted(known)) or "none"
+        raise TypeError(
+            f"unknown option(s) {unknown} for methods {[m.name for m in methods]}; "
+            f"they accept: {accepted}"
+        )
+    return [{k: v for k, v in options.items() if k in m.options} for m in methods]
+
+
+def _layer_layout_inverse(raw: Tensor, spatial: Tensor) -> Reshape:
+    """Map ``(n, C, h, w)`` back to the layer's own layout (for re-scoring modified maps)."""
+    if raw.shape == spatial.shape:
+        return lambda acts: acts
+    if raw.dim() == 4 and raw.shape == spatial.permute(0, 2, 3, 1).shape:
+        return lambda acts: acts.permute(0, 2, 3, 1)
+
+    def unsupported(_acts: Tensor) -> Tensor:
+        raise ValueError(
+            f"this method replaces the layer's output, which needs a (B, C, h, w) or "
+            f"(B, h, w, C) layer; this one outputs {tuple(raw.shape)}"
+        )
+
+    return unsupported
+
+
+def _gradients(scores: Tensor, wrt: Tensor, reshape: Reshape | None) -> Tensor:
+    """``(B, K, C, h, w)`` float32 gradients of ``scores`` at the layer, in spatial layout."""
+    grads = capture.batched_grad(scores, wrt)
+    spatial = to_spatial(grads.flatten(0, 1), reshape)
+    return spatial.unflatten(0, grads.shape[:2]).float()
+
+
+def explain(
+    model: nn.Module,
+    x: Tensor | Sequence[Tensor],
+    targets: TargetSpec = None,
+    methods: str | Sequence[str] = ("gradcam",),
+    layer: LayerSpec = None,
+    *,
+    reshape: Reshape | None = None,
+    eval_mode: bool = True,
+    seed: int = 0,
+    **options: Any,
+) -> Explanation:
+    """Explain ``model``'s output on ``x`` with one or more methods, from one forward pass.
+
+    Args:
+        model: any ``nn.Module``; borrowed, never changed.
+        x: ``(B, C, H, W)``, ``(C, H, W)``, or a tuple of tensors for multi-input models.
+        targets: see :mod:`camkit.targets` (``None`` = predicted class).
+        methods: method names (``camkit.available_methods()``).
+        layer: module, dotted name, or ``None`` for the last spatial layer.
+        reshape: maps the layer output to ``(B, C, h, w)`` when it cannot be inferred.
+        eval_mode: run the model in eval mode for the call (its flags are restored).
+        seed: seeds the generator of stochastic methods.
+        **options: method options (each method receives those it declares).
+    """
+    names = [methods] if isinstance(methods, str) else list(methods)
+    chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
+    per_method_options = _options_for(chosen, options)
+    inputs = as_inputs(x)
+    layer_name, module = resolve_layer(model, layer, inputs)
+    needs = frozenset().union(*(m.needs for m in chosen))
+    device = inputs[0].device
+    with capture.borrowed(model, eval_mode):
+        cap = capture.run_forward(
+            model, module, layer_name, inputs,
+            layer_grad=GRADIENTS in needs, input_grad=INPUT_GRADIENTS in needs,
+        )
+        score_fn = resolve(targets, cap.outputs, inputs[0].shape[0])
+        scores = _checked_scores(score_fn, cap.outputs, inputs[0].shape[0])
+        activations = to_spatial(cap.activation, reshape)
+        layer_pass = LayerPass(
+            activations=activations.detach().float(),
+            gradients=_gradients(scores, cap.activation, reshape) if GRADIENTS in needs else None,
+            input_gradients=(capture.batched_grad(scores, cap.inputs[0], guided=True).float()
+                             if INPUT_GRADIENTS in needs else None),
+            scores=scores.detach().float(),
+            target_indices=score_fn.indices,
+            outputs=_detached(cap.outputs),
+            inputs=inputs,
+            model=model,
+            layer=module,
+            layer_name=layer_name,
+            rescore_inputs=capture.rescorer_for_inputs(model, score_fn, len(inputs)),
+            rescore_activations=capture.rescorer_for_activations(
+                model, module, inputs, score_fn,
+                _layer_layout_inverse(cap.activation, activations)),
+            input_size=tuple(inputs[0].shape[-2:]),
+            generator=torch.Generator(device=device).manual_seed(seed),
+        )
+        del cap
+        raw = {m.name: m.compute(layer_pass, **opts).float()
+               for m, opts in zip(chosen, per_method_options, strict=True)}
+    maps, constant = {}, {}
+    for m in chosen:
+        maps[m.name], constant[m.name] = postprocess(raw[m.name], layer_pass.input_size, m.relu)
+        _warn_constant(m.name, constant[m.name])
+    return Explanation(maps, raw, constant, score_fn.indices, layer_pass.scores,
+                       layer_pass.outputs, layer_name, layer_pass.notes)
+
+
+def _checked_scores(score_fn: ScoreFn, outputs: Any, batch: int) -> Tensor:
+    scores = score_fn.score(outputs)
+    if scores.shape[0] != batch:
+        raise ValueError(
+            f"the target function returned {scores.shape[0]} rows for a batch of {batch}"
+        )
+    return scores
+
+
+def _detached(outputs: Any) -> Any:
+    if isinstance(outputs, Tensor):
+        return outputs.detach()
+    if isinstance(outputs, dict):
+        return type(outputs)({k: _detached(v) for k, v in outputs.items()})
+    if isinstance(outputs, (tuple, list)) and not hasattr(outputs, "_fields"):
+        return type(outputs)(_detached(v) for v in outputs)
+    return outputs
+
+
+def _warn_constant(method: str, constant: Tensor) -> None:
+    count = int(constant.sum())
+    if count:
+        warnings.warn(
+            f"{count} of {constant.numel()} {method} maps were constant and are returned as "
+            f"zeros; expl.constant[{method!r}] says which",
+            RuntimeWarning, stacklevel=3,
+        )
+
+
+def available_methods() -> dict[str, str]:
+    """Method names with one-line descriptions."""
+    return registry.available_methods()
+
+
+class CAMMethod:
+    """One method bound to a model and a layer: ``maps = Method(model, layer)(x, targets)``."""
+
+    method: ClassVar[str]
+
+    def __init__(self, model: nn.Module, layer: LayerSpec = None, **options: Any) -> None:
+        registry.get_method(self.method)
+        self.model, self.layer, self.options = model, layer, options
+
+    def explain(self, x: Tensor | Sequence[Tensor], targets: TargetSpec = None) -> Explanation:
+        """The full :class:`Explanation` for ``x``."""
+        return explain(self.model, x, targets, (self.method,), self.layer, **self.options)
+
+    def __call__(self, x: Tensor | Sequence[Tensor], targets: TargetSpec = None) -> Tensor:
+        """``(B, K, H, W)`` maps in [0, 1]."""
+        return self.explain(x, targets)[self.method]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layer={self.layer!r})"
+
+
+def method_class(class_name: str, method: str) -> type[CAMMethod]:
+    """A :class:`CAMMethod` subclass for a registered method name."""
+    summary = registry.get_method(method).summary
+    return type(class_name, (CAMMethod,), {"method": method, "__doc__": f"{method}: {summary}."})

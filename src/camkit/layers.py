@@ -1,0 +1,125 @@
+"""Target-layer lookup (by module, dotted name or automatically) and token-to-grid reshapes."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import weakref
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+LayerSpec = nn.Module | str | None
+Reshape = Callable[[Tensor], Tensor]
+
+# Automatic choices, per model and input shape, so the probe forward runs once.
+_auto_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    """The dotted name of ``module`` inside ``model``; a clear error if it is not part of it."""
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name or "<model>"
+    raise ValueError(
+        f"the layer {type(module).__name__} is not a submodule of the model "
+        f"{type(model).__name__}; pass one of model.named_modules() or its dotted name"
+    )
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (``"layer4"``, ``"features.28"``, ``"blocks.-1"``)."""
+    modules = dict(model.named_modules())
+    if name in modules:
+        return modules[name]
+    module: nn.Module = model
+    try:  # allow negative indices into containers, e.g. "encoder.layers.-1"
+        for part in name.split("."):
+            module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
+        if isinstance(module, nn.Module):
+            return module
+    except (AttributeError, IndexError, KeyError, TypeError):
+        pass
+    close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
+    hint = f" Closest names: {', '.join(close)}." if close else ""
+    raise ValueError(
+        f"the model has no layer named {name!r}.{hint} "
+        "List them with [n for n, _ in model.named_modules()]."
+    )
+
+
+def is_spatial(t: object) -> bool:
+    """True for a ``(B, C, h, w)`` tensor with more than one spatial position."""
+    return isinstance(t, Tensor) and t.dim() == 4 and t.shape[-1] * t.shape[-2] > 1
+
+
+def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
+    """The last module on the forward path whose output is spatial ``(B, C, h, w)``.
+
+    Runs one probe forward of the first image without gradients, once per model and input
+    shape; the answer is cached.
+    """
+    key = tuple((tuple(t.shape[1:]), t.dtype, t.device) for t in inputs)
+    cached = _auto_cache.setdefault(model, {})
+    if key in cached:
+        return cached[key]
+    names = {m: n for n, m in model.named_modules()}
+    last: list[str] = []
+
+    def record(module: nn.Module, _args: object, output: object) -> None:
+        if is_spatial(output):
+            last.append(names[module])
+
+    handles = [m.register_forward_hook(record) for m in names if m is not model]
+    try:
+        with torch.no_grad():
+            model(*(t[:1] for t in inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    if not last:
+        raise ValueError(
+            "found no layer with a spatial (B, C, h, w) output on the forward path; pass "
+            "layer= explicitly (for transformers, a block whose output is (B, N, C) tokens)"
+        )
+    cached[key] = last[-1]
+    return last[-1]
+
+
+def token_grid(tokens: Tensor) -> Tensor:
+    """``(B, N, C)`` tokens → ``(B, C, g, g)`` when ``N = g² + t`` with ``t ≤ 8`` leading
+    non-patch tokens (class and register tokens), which are dropped."""
+    n = tokens.shape[1]
+    for extra in range(0, 9):
+        side = math.isqrt(n - extra) if n > extra else 0
+        if side > 1 and side * side == n - extra:
+            return tokens[:, extra:].unflatten(1, (side, side)).permute(0, 3, 1, 2)
+    raise ValueError(
+        f"cannot infer a square patch grid from {n} tokens (tried 0-8 leading class/register "
+        "tokens); pass reshape=f mapping the layer output to (B, C, h, w)"
+    )
+
+
+def to_spatial(output: Tensor, reshape: Reshape | None = None) -> Tensor:
+    """The captured layer output as ``(B, C, h, w)``.
+
+    ``(B, C, h, w)`` is kept; ``(B, N, C)`` tokens go through :func:`token_grid`; a Swin-style
+    channels-last ``(B, h, w, C)`` (``h == w != C``) is permuted. A user ``reshape`` wins.
+    """
+    if reshape is not None:
+        out = reshape(output)
+        if out.dim() != 4:
+            raise ValueError(f"reshape must return (B, C, h, w), got shape {tuple(out.shape)}")
+        return out
+    if output.dim() == 3:
+        return token_grid(output)
+    if output.dim() == 4:
+        _, d1, d2, d3 = output.shape
+        if d1 == d2 and d3 != d1:
+            return output.permute(0, 3, 1, 2)
+        return output
+    raise ValueError(
+        f"the target layer outputs shape {tuple(output.shape)}, which is not spatial; choose "
+        "a layer with a (B, C, h, w) or (B, N, C) token output, or pass reshape=f"
+    )

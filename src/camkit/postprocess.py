@@ -1,0 +1,40 @@
+"""The standard post-processing P(M) of ALGORITHMS §0: ReLU, bilinear upsampling, min-max."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+EPS = 1e-7
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(B, K, h, w)`` → ``(B, K, H, W)``, bilinear with ``align_corners=False``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def minmax(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-map min-max to [0, 1]: ``(M − min) / (max − min + 1e-7)``.
+
+    Returns ``(normalised maps, constant)`` where ``constant`` ``(B, K)`` flags maps with
+    ``max == min``; those become all zeros instead of NaN."""
+    flat = maps.flatten(2)
+    low = flat.amin(dim=2, keepdim=True)
+    span = flat.amax(dim=2, keepdim=True) - low
+    constant = span.squeeze(2) <= 0
+    normalised = torch.where(span > 0, (flat - low) / (span + EPS), torch.zeros_like(flat))
+    return normalised.view_as(maps), constant
+
+
+def postprocess(raw: Tensor, size: tuple[int, int], relu: bool = True) -> tuple[Tensor, Tensor]:
+    """P(M): ReLU (unless the map is signed evidence), upsample to ``size``, min-max.
+
+    ``raw`` is ``(B, K, h, w)``; returns ``(maps (B, K, H, W) in [0, 1], constant (B, K))``.
+    """
+    maps = raw.float().nan_to_num(0.0)
+    if relu:
+        maps = maps.clamp(min=0)
+    return minmax(upsample(maps, size))

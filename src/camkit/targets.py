@@ -1,0 +1,189 @@
+"""Every target form, normalised to one thing: a ``(B, K)`` score function.
+
+Forms accepted by ``camkit.explain(targets=...)``:
+
+- ``None``: the top-1 predicted class of each image;
+- an ``int``: that class for every image;
+- a 1-D sequence or tensor of length ``B``: one class per image;
+- a 2-D ``(B, K)`` sequence or tensor: ``K`` classes per image;
+- a callable ``f(outputs) -> (B,)`` or ``(B, K)`` scores (regression, segmentation,
+  similarity, ...). It must score each sample from that sample's own output only;
+- a :class:`Target` object (:class:`TopK`, :class:`Similarity`, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+
+def logits_of(outputs: Any) -> Tensor:
+    """The class-score tensor ``(B, n_classes)`` inside whatever the model returned.
+
+    Accepts a tensor, a tuple/list (first element), a dict (``"logits"`` or its only tensor)
+    and any object with a ``.logits`` attribute (Hugging Face ``ModelOutput``).
+    """
+    if isinstance(outputs, Tensor):
+        logits = outputs
+    elif hasattr(outputs, "logits"):
+        logits = outputs.logits
+    elif isinstance(outputs, dict):
+        tensors = {k: v for k, v in outputs.items() if isinstance(v, Tensor)}
+        if "logits" in tensors:
+            logits = tensors["logits"]
+        elif len(tensors) == 1:
+            logits = next(iter(tensors.values()))
+        else:
+            raise TypeError(
+                f"the model returned a dict with keys {sorted(outputs)} and none is 'logits'; "
+                "pass targets=f(outputs) that picks the scores"
+            )
+    elif isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
+        logits = outputs[0]
+    else:
+        raise TypeError(
+            f"cannot find class scores in a model output of type {type(outputs).__name__}; "
+            "pass targets=f(outputs) returning (B,) or (B, K) scores"
+        )
+    if logits.dim() != 2:
+        raise ValueError(
+            f"class scores must be (B, n_classes), the model gave {tuple(logits.shape)}; "
+            "pass targets=f(outputs) returning (B,) or (B, K) scores"
+        )
+    return logits
+
+
+class Target:
+    """A ready-made target: ``scores(outputs, rows) -> (n, K)`` and, for class targets,
+    ``indices(outputs) -> (B, K)`` (``None`` otherwise).
+
+    ``rows[i]`` (or ``i`` when ``rows`` is ``None``) is the original image that output row ``i``
+    belongs to; perturbation methods score many modified copies of one image at once.
+    """
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def indices(self, outputs: Any) -> Tensor | None:
+        return None
+
+
+@dataclass
+class TopK(Target):
+    """The ``k`` highest-scoring classes of each image, best first."""
+
+    k: int
+
+    def indices(self, outputs: Any) -> Tensor:
+        logits = logits_of(outputs)
+        if not 1 <= self.k <= logits.shape[1]:
+            raise ValueError(f"TopK(k={self.k}) needs 1 <= k <= {logits.shape[1]} classes")
+        return logits.topk(self.k, dim=1).indices
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        return logits_of(outputs).gather(1, self.indices(outputs))
+
+
+@dataclass
+class Similarity(Target):
+    """Cosine similarity of each image's embedding to reference embeddings ``(B, D)`` or
+    ``(B, K, D)``: "why does this image look like that one?"."""
+
+    references: Tensor
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        emb = logits_of(outputs)
+        ref = self.references.to(emb.device, emb.dtype)
+        ref = ref.unsqueeze(1) if ref.dim() == 2 else ref
+        ref = ref if rows is None else ref[rows.to(ref.device)]
+        return F.cosine_similarity(emb.unsqueeze(1), ref, dim=-1)
+
+
+TargetSpec = None | int | Sequence | Tensor | Callable[[Any], Tensor] | Target
+
+
+@dataclass
+class ScoreFn:
+    """Targets resolved against one batch.
+
+    ``indices`` is the ``(B, K)`` class-index tensor (``None`` for custom scores);
+    ``score(outputs, rows)`` gives the ``(n, K)`` target scores of a new output whose row ``i``
+    belongs to original image ``rows[i]``.
+    """
+
+    indices: Tensor | None
+    custom: Callable[[Any, Tensor | None], Tensor] | None
+
+    @property
+    def k(self) -> int | None:
+        return None if self.indices is None else self.indices.shape[1]
+
+    def score(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        if self.custom is not None:
+            return _as_bk(self.custom(outputs, rows), None)
+        logits = logits_of(outputs)
+        idx = self.indices if rows is None else self.indices[rows.to(self.indices.device)]
+        return logits.gather(1, idx.to(logits.device))
+
+
+def _as_bk(scores: Any, batch: int | None) -> Tensor:
+    if not isinstance(scores, Tensor):
+        raise TypeError(f"a target function must return a tensor, got {type(scores).__name__}")
+    scores = scores.unsqueeze(1) if scores.dim() == 1 else scores
+    if scores.dim() != 2 or (batch is not None and scores.shape[0] != batch):
+        raise ValueError(
+            f"a target function must return (B,) or (B, K) scores with B = {batch}, "
+            f"got shape {tuple(scores.shape)}"
+        )
+    return scores
+
+
+def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
+    """Normalise ``targets`` for a batch of ``batch`` images whose model output is ``outputs``."""
+    if isinstance(targets, Target):
+        indices = targets.indices(outputs)
+        if indices is not None:
+            return ScoreFn(_checked(indices, outputs, batch), None)
+        return ScoreFn(None, targets.scores)
+    if callable(targets) and not isinstance(targets, Tensor):
+        function = targets
+        return ScoreFn(None, lambda outputs, rows: function(outputs))
+    logits = logits_of(outputs)
+    if targets is None:
+        return ScoreFn(logits.argmax(dim=1, keepdim=True), None)
+    if isinstance(targets, bool) or isinstance(targets, float):
+        raise TypeError(f"targets must be class indices, got {targets!r}")
+    if isinstance(targets, int):
+        indices = torch.full((batch, 1), targets, dtype=torch.long, device=logits.device)
+    else:
+        indices = torch.as_tensor(targets, device=logits.device)
+        if indices.is_floating_point() or indices.dtype == torch.bool:
+            raise TypeError(
+                f"targets must be integer class indices, got dtype {indices.dtype}; for "
+                "multi-hot labels pass the indices of the positive classes"
+            )
+        if indices.dim() == 1:
+            indices = indices.unsqueeze(1)
+    return ScoreFn(_checked(indices.long(), logits, batch), None)
+
+
+def _checked(indices: Tensor, outputs: Any, batch: int) -> Tensor:
+    n_classes = logits_of(outputs).shape[1]
+    if indices.dim() != 2 or indices.shape[0] != batch:
+        raise ValueError(
+            f"got targets of shape {tuple(indices.shape)} for a batch of {batch} images; give "
+            f"one class per image (length {batch}), a (B, K) = ({batch}, K) table, an int, or "
+            "None for the predicted class"
+        )
+    bad = (indices < 0) | (indices >= n_classes)
+    if bad.any():
+        raise ValueError(
+            f"class index {int(indices[bad][0])} is out of range: the model has {n_classes} "
+            f"classes (0..{n_classes - 1})"
+        )
+    return indices
