@@ -76,7 +76,9 @@ def as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     return inputs
 
 
-def resolve_layer(model: nn.Module, layer: LayerSpec, inputs: tuple[Tensor, ...]) -> tuple[str, nn.Module]:
+def resolve_layer(
+    model: nn.Module, layer: LayerSpec, inputs: tuple[Tensor, ...]
+) -> tuple[str, nn.Module]:
     """The target layer as ``(dotted name, module)``; ``None`` picks the last spatial layer."""
     if isinstance(layer, nn.Module):
         return module_name(model, layer), layer
@@ -84,7 +86,9 @@ def resolve_layer(model: nn.Module, layer: LayerSpec, inputs: tuple[Tensor, ...]
         with capture.borrowed(model):
             layer = choose_layer(model, inputs)
     if not isinstance(layer, str):
-        raise TypeError(f"layer must be a module, a dotted name or None, got {type(layer).__name__}")
+        raise TypeError(
+            f"layer must be a module, a dotted name or None, got {type(layer).__name__}"
+        )
     return layer, find_layer(model, layer)
 
 
@@ -155,7 +159,8 @@ def explain(
     layer_name, module = resolve_layer(model, layer, inputs)
     needs = frozenset().union(*(m.needs for m in chosen))
     device = inputs[0].device
-    with capture.borrowed(model, eval_mode):
+    grad_mode = torch.enable_grad() if needs & {GRADIENTS, INPUT_GRADIENTS} else torch.no_grad()
+    with capture.borrowed(model, eval_mode), grad_mode:
         cap = capture.run_forward(
             model, module, layer_name, inputs,
             layer_grad=GRADIENTS in needs, input_grad=INPUT_GRADIENTS in needs,
@@ -177,7 +182,7 @@ def explain(
             layer_name=layer_name,
             rescore_inputs=capture.rescorer_for_inputs(model, score_fn, len(inputs)),
             rescore_activations=capture.rescorer_for_activations(
-                model, module, inputs, score_fn,
+                model, module, cap.call, inputs, score_fn,
                 _layer_layout_inverse(cap.activation, activations)),
             input_size=tuple(inputs[0].shape[-2:]),
             generator=torch.Generator(device=device).manual_seed(seed),

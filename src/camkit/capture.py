@@ -56,10 +56,19 @@ def _replace_first(output: Any, tensor: Tensor) -> Any:
 
 
 @contextlib.contextmanager
-def layer_hook(layer: nn.Module, hook: Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Pass the layer's (first) output through ``hook`` for the duration of the block."""
+def layer_hook(
+    layer: nn.Module, hook: Callable[[Tensor], Tensor], call: int | None = None
+) -> Iterator[None]:
+    """Pass the layer's (first) output through ``hook`` for the duration of the block.
+
+    A module can be called several times in one forward pass (a shared activation, say);
+    ``call`` restricts the hook to that call (0-based), ``None`` applies it to every call."""
+    calls = [0]
 
     def forward_hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+        index, calls[0] = calls[0], calls[0] + 1
+        if call is not None and index != call:
+            return None
         return _replace_first(output, hook(_first_tensor(output)))
 
     handle = layer.register_forward_hook(forward_hook)
@@ -110,8 +119,9 @@ class Capture:
     """What one forward pass through the borrowed model captured."""
 
     outputs: Any
-    activation: Tensor  # raw layer output, as the layer produced it
+    activation: Tensor  # raw layer output, as the layer produced it (at its last call)
     inputs: Inputs  # the inputs as run (requiring grad when input gradients are needed)
+    call: int  # which call of the layer was captured (0-based): a shared module's last
 
 
 def run_forward(
@@ -147,7 +157,7 @@ def run_forward(
             f"the layer {layer_name!r} was not reached during the forward pass; choose a layer "
             "that the model's forward() actually calls"
         )
-    return Capture(outputs, captured[-1], inputs)
+    return Capture(outputs, captured[-1], inputs, len(captured) - 1)
 
 
 def batched_grad(scores: Tensor, wrt: Tensor, guided: bool = False) -> Tensor:
@@ -194,12 +204,12 @@ def rescorer_for_inputs(
 
 
 def rescorer_for_activations(
-    model: nn.Module, layer: nn.Module, inputs: Inputs, score_fn: ScoreFn,
+    model: nn.Module, layer: nn.Module, call: int, inputs: Inputs, score_fn: ScoreFn,
     to_layer_layout: Callable[[Tensor], Tensor],
 ) -> Callable[[Tensor, Tensor], Tensor]:
     """``f(acts, rows) -> (n, K)``: target scores when the layer outputs ``acts``
-    ``(n, C, h, w)`` for original images ``rows``; full forward passes with the layer's output
-    replaced (the generic path that works for every model)."""
+    ``(n, C, h, w)`` at its captured ``call`` for original images ``rows``; full forward
+    passes with the layer's output replaced (the generic path that works for every model)."""
 
     def rescore(acts: Tensor, rows: Tensor) -> Tensor:
         args = tuple(t[rows] for t in inputs)
@@ -207,7 +217,7 @@ def rescorer_for_activations(
         def replace(output: Tensor) -> Tensor:
             return to_layer_layout(acts).to(output.dtype)
 
-        with layer_hook(layer, replace), torch.no_grad():
+        with layer_hook(layer, replace, call), torch.no_grad():
             return score_fn.score(model(*args), rows).float()
 
     return rescore

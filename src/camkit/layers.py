@@ -87,17 +87,21 @@ def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
     return last[-1]
 
 
+# Leading non-patch tokens: none, class, class + distillation (DeiT), 4 registers, class + 4.
+EXTRA_TOKENS = (0, 1, 2, 4, 5)
+
+
 def token_grid(tokens: Tensor) -> Tensor:
-    """``(B, N, C)`` tokens → ``(B, C, g, g)`` when ``N = g² + t`` with ``t ≤ 8`` leading
-    non-patch tokens (class and register tokens), which are dropped."""
+    """``(B, N, C)`` tokens → ``(B, C, g, g)`` when ``N = g² + t`` for ``t`` in
+    :data:`EXTRA_TOKENS` leading non-patch tokens, which are dropped."""
     n = tokens.shape[1]
-    for extra in range(0, 9):
+    for extra in EXTRA_TOKENS:
         side = math.isqrt(n - extra) if n > extra else 0
         if side > 1 and side * side == n - extra:
             return tokens[:, extra:].unflatten(1, (side, side)).permute(0, 3, 1, 2)
     raise ValueError(
-        f"cannot infer a square patch grid from {n} tokens (tried 0-8 leading class/register "
-        "tokens); pass reshape=f mapping the layer output to (B, C, h, w)"
+        f"cannot infer a square patch grid from {n} tokens (tried {EXTRA_TOKENS} leading class/"
+        "register tokens); pass reshape=f mapping the layer output to (B, C, h, w)"
     )
 
 

@@ -24,22 +24,29 @@ def gradcam(activations: Tensor, gradients: Tensor) -> Tensor:
     return weighted_sum(gradients.mean(dim=(-2, -1)), activations)
 
 
-def gradcam_plus_plus_weights(activations: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM++ channel weights (Chattopadhay et al. 2018, eq. 19, closed form for
-    ``Y = exp(s)``): ``α_ij = g² / (2g² + (Σ_ab A^k_ab) g³)`` (0 where the denominator is 0,
-    which includes ``g = 0``; no epsilon is added, so tiny gradients keep their exact α),
-    ``w_k = Σ_ij α_ij ReLU(g_ij)``. The sum ``Σ_ab A^k_ab`` is per channel, over all positions,
-    multiplied by ``g³`` at the same position. Returns ``(B, K, C)``."""
+def gradcam_plus_plus_alpha(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM++ pixel coefficients (Chattopadhay et al. 2018, eq. 19, closed form for
+    ``Y = exp(s)``): ``α_ij = g² / (2g² + (Σ_ab A^k_ab) g³)``, ``(B, K, C, h, w)``.
+
+    The sum ``Σ_ab A^k_ab`` is per channel over all positions, times ``g³`` at the same
+    position. α is 0 where the denominator is 0 (which includes ``g = 0``); no epsilon is
+    added, so tiny gradients keep their exact α."""
     g2 = gradients.pow(2)
     channel_sum = activations.sum(dim=(-2, -1))[:, None, :, None, None]
     denominator = 2 * g2 + channel_sum * g2 * gradients
-    alpha = (g2 / denominator).where(denominator != 0, g2.new_zeros(()))
+    return (g2 / denominator).where(denominator != 0, g2.new_zeros(()))
+
+
+def positive_gradient_weights(alpha: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM++ channel weights ``w_k = Σ_ij α_ij ReLU(g_ij)`` (eq. 10), ``(B, K, C)``."""
     return (alpha * gradients.clamp(min=0)).sum(dim=(-2, -1))
 
 
 def gradcam_plus_plus(activations: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM++ map ``Σ_k w_k A^k`` with :func:`gradcam_plus_plus_weights`."""
-    return weighted_sum(gradcam_plus_plus_weights(activations, gradients), activations)
+    """Grad-CAM++ map ``Σ_k w_k A^k`` with :func:`gradcam_plus_plus_alpha` and
+    :func:`positive_gradient_weights`."""
+    alpha = gradcam_plus_plus_alpha(activations, gradients)
+    return weighted_sum(positive_gradient_weights(alpha, gradients), activations)
 
 
 def xgradcam(activations: Tensor, gradients: Tensor) -> Tensor:

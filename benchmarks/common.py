@@ -1,0 +1,118 @@
+"""Shared benchmark helpers: fixed threads, median timings, result rows, peak memory.
+
+Every benchmark module exposes ``run() -> list[dict]`` returning rows made by :func:`row`:
+``{group, name, value, unit, note, goal, met}``. ``goal`` is ``"<= X"``, ``">= X"`` or
+``None``; ``met`` is whether ``value`` satisfies it (``None`` without a goal). Speed goals are
+ratios measured in one run, never absolute times.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import operator
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+THREADS = 2  # the reference machine has 2 cores; fixed so runs are comparable
+WARMUP, REPEATS = 3, 15
+Row = dict[str, Any]
+
+
+def settings(quick: bool = False) -> tuple[int, int]:
+    """``(warm-up, repetitions)``: fewer with ``quick``; ``BENCH_QUICK=1`` also selects it."""
+    quick = quick or os.environ.get("BENCH_QUICK") == "1"
+    return (1, 3) if quick else (WARMUP, REPEATS)
+
+
+def setup(seed: int = 0) -> None:
+    """Fix the thread count and the seed before building models or inputs."""
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(seed)
+
+
+def median_time(fn: Callable[[], object], warmup: int | None = None,
+                repeats: int | None = None) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls after ``warmup`` calls."""
+    default_warmup, default_repeats = settings()
+    for _ in range(default_warmup if warmup is None else warmup):
+        fn()
+    times = []
+    for _ in range(default_repeats if repeats is None else repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int | None = None,
+                      repeats: int | None = None) -> dict[str, float]:
+    """Median seconds of each function, timed in round-robin order so that slow drifts of the
+    machine (thermal, other load) affect all of them alike; ratios between them are stable."""
+    default_warmup, default_repeats = settings()
+    for _ in range(default_warmup if warmup is None else warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(default_repeats if repeats is None else repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+
+
+def goal_met(value: float, goal: str | None) -> bool | None:
+    """Whether ``value`` satisfies ``goal`` (``"<= 1.05"``); ``None`` when there is no goal."""
+    if not goal:
+        return None
+    op, threshold = goal.split()
+    return bool(_OPS[op](value, float(threshold)))
+
+
+def row(group: str, name: str, value: float, unit: str, note: str = "",
+        goal: str | None = None) -> Row:
+    """One result row; ``goal`` like ``"<= 1.05"`` is checked against ``value``."""
+    return {"group": group, "name": name, "value": float(value), "unit": unit, "note": note,
+            "goal": goal, "met": goal_met(float(value), goal)}
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child(fn: Callable[[], object], queue: Any) -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:  # reset the peak (VmHWM) to now
+            refs.write("5")
+        before = _status_kib("VmRSS")
+        fn()
+        queue.put((_status_kib("VmHWM") - before) / 1024)
+    except BaseException as error:  # report, never hang the parent
+        queue.put(error)
+
+
+def peak_rss_mib(fn: Callable[[], object]) -> float:
+    """Peak resident memory that ``fn()`` adds, in MiB, measured in a forked child process
+    (Linux): the child resets its peak counter, runs ``fn`` and reports the growth of its peak
+    RSS over its RSS at the start. Objects ``fn`` closes over are shared, not counted."""
+    context = mp.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(fn, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    if isinstance(result, BaseException):
+        raise result
+    return float(result)

@@ -1,0 +1,155 @@
+"""A synthetic multi-label data set with exact object masks, for tests and bias experiments.
+
+Each class is a distinct object: a shape (square, disc, triangle, cross, ring), a texture
+(solid, horizontal stripes, vertical stripes, checker) and a colour (hue ``k / n_cls``);
+class ``k`` uses shape ``k mod 5`` and texture ``k mod 4``, so the first 20 classes differ in
+shape and texture as well as colour. An image holds at most one object per class, placed at a
+random position and size on a noisy grey background.
+
+Sampling of the labels of one image (all draws from ``numpy.random.default_rng((seed,
+split, index))``, so any item can be regenerated on its own):
+
+1. class ``k`` is present with probability ``presence · imbalance.get(k, 1)``;
+2. then, for each ``(a, b), prob`` in ``cooccur`` (in its order): when ``a`` is present,
+   ``b`` is re-drawn to be present with probability ``prob``, i.e.
+   ``P(b present | a present) = prob``. (This raises or lowers ``b``'s overall frequency.)
+
+Masks are exact: ``masks[k]`` marks the pixels where object ``k`` is visible. Objects are
+placed without overlap when 20 tries allow it; otherwise a later object hides part of an
+earlier one and the earlier mask loses those pixels.
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+SHAPES = ("square", "disc", "triangle", "cross", "ring")
+TEXTURES = ("solid", "hstripes", "vstripes", "checker")
+SPLITS = {"train": 0, "test": 1}
+PLACEMENT_TRIES = 20
+
+
+def shape_mask(shape: str, size: int) -> np.ndarray:
+    """A ``(size, size)`` bool silhouette of ``shape`` centred in its box."""
+    grid = (np.arange(size) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
+    y, x = np.meshgrid(grid, grid, indexing="ij")
+    r2 = x * x + y * y
+    masks = {
+        "square": np.maximum(abs(x), abs(y)) <= 0.9,
+        "disc": r2 <= 0.81,
+        "triangle": (abs(y) <= 0.9) & (abs(x) <= (y + 0.9) / 2),
+        "cross": ((abs(x) <= 0.3) | (abs(y) <= 0.3)) & (np.maximum(abs(x), abs(y)) <= 0.9),
+        "ring": (r2 <= 0.81) & (r2 >= 0.3),
+    }
+    return masks[shape]
+
+
+def texture_pattern(texture: str, size: int) -> np.ndarray:
+    """A ``(size, size)`` brightness pattern in {0.45, 1} with a 4-pixel period."""
+    rows, cols = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    bright = {
+        "solid": np.ones((size, size), dtype=bool),
+        "hstripes": (rows // 2) % 2 == 0,
+        "vstripes": (cols // 2) % 2 == 0,
+        "checker": ((rows // 2) + (cols // 2)) % 2 == 0,
+    }[texture]
+    return np.where(bright, 1.0, 0.45)
+
+
+class SyntheticMultiLabel(Dataset):
+    """``n`` images yielding ``(image (3, H, W) float32 in [0, 1], multi-hot (n_cls,) float32,
+    masks (n_cls, H, W) bool)``; deterministic given ``seed`` and ``split``.
+
+    Args:
+        n: number of images.
+        image_size: ``H = W``.
+        num_classes: ``n_cls``.
+        cooccur: ``{(a, b): P(b present | a present)}``.
+        imbalance: ``{k: ratio}``: class ``k`` is ``ratio`` times as frequent as the others.
+        presence: base probability of each class.
+        seed: the data set's seed.
+        split: ``"train"`` or ``"test"`` (independent images for the same settings).
+        object_size: object side as a fraction of ``image_size``, ``(min, max)``.
+        noise: standard deviation of the background noise.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        image_size: int = 64,
+        num_classes: int = 4,
+        cooccur: Mapping[tuple[int, int], float] | None = None,
+        imbalance: Mapping[int, float] | None = None,
+        presence: float = 0.5,
+        seed: int = 0,
+        split: str = "train",
+        object_size: tuple[float, float] = (0.25, 0.4),
+        noise: float = 0.05,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        self.cooccur = dict(cooccur or {})
+        self.imbalance = dict(imbalance or {})
+        for k in [*self.imbalance, *(c for pair in self.cooccur for c in pair)]:
+            if not 0 <= k < num_classes:
+                raise ValueError(f"class {k} is out of range for {num_classes} classes")
+        self.n, self.image_size, self.num_classes = n, image_size, num_classes
+        self.presence, self.seed, self.split = presence, seed, split
+        self.object_size, self.noise = object_size, noise
+        self.class_names = [f"{SHAPES[k % len(SHAPES)]}-{TEXTURES[k % len(TEXTURES)]}-{k}"
+                            for k in range(num_classes)]
+        self.colours = [colorsys.hsv_to_rgb(k / num_classes, 0.9, 0.95)
+                        for k in range(num_classes)]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _labels(self, rng: np.random.Generator) -> np.ndarray:
+        rates = np.array([self.presence * self.imbalance.get(k, 1.0)
+                          for k in range(self.num_classes)])
+        present = rng.random(self.num_classes) < rates
+        for (a, b), prob in self.cooccur.items():
+            draw = rng.random()
+            if present[a]:
+                present[b] = draw < prob
+        return present
+
+    def _place(self, rng: np.random.Generator, size: int, boxes: list[tuple[int, int, int]]
+               ) -> tuple[int, int]:
+        limit = self.image_size - size + 1
+        for _ in range(PLACEMENT_TRIES):
+            top, left = (int(v) for v in rng.integers(0, limit, size=2))
+            if all(top + size <= t or t + s <= top or left + size <= l or l + s <= left
+                   for t, l, s in boxes):
+                break
+        boxes.append((top, left, size))
+        return top, left
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} out of range for {self.n} images")
+        rng = np.random.default_rng((self.seed, SPLITS[self.split], index))
+        side = self.image_size
+        present = self._labels(rng)
+        image = 0.5 + self.noise * rng.standard_normal((side, side, 3))
+        owner = np.full((side, side), -1)
+        boxes: list[tuple[int, int, int]] = []
+        low, high = (max(2, round(f * side)) for f in self.object_size)
+        for k in np.flatnonzero(present):
+            size = int(rng.integers(low, high + 1))
+            top, left = self._place(rng, size, boxes)
+            silhouette = shape_mask(SHAPES[k % len(SHAPES)], size)
+            shade = texture_pattern(TEXTURES[k % len(TEXTURES)], size)[..., None]
+            region = (slice(top, top + size), slice(left, left + size))
+            image[region][silhouette] = (shade * np.array(self.colours[k]))[silhouette]
+            owner[region][silhouette] = k
+        masks = owner[None] == np.arange(self.num_classes)[:, None, None]
+        return (torch.from_numpy(image.clip(0, 1).transpose(2, 0, 1).astype(np.float32)),
+                torch.from_numpy(present.astype(np.float32)),
+                torch.from_numpy(masks))

@@ -1,0 +1,29 @@
+"""M-CAM (Kim & Ro, BMVC 2021): the bias-reducing memory, its training, and its maps.
+
+``train_memory(model, layer, data, num_classes)`` returns a :class:`BiasReducingMemory`;
+``memory.save(path)`` / ``BiasReducingMemory.load(path)``; ``mcam_raw_maps`` is the map;
+``camkit.explain(..., methods=["mcam"], memory=memory)`` uses it through the engine.
+"""
+
+from .explain import (
+    SlotSearch,
+    channel_similarity,
+    channel_weights,
+    draw_slot_noise,
+    mcam_map,
+    mcam_raw_maps,
+    slot_search,
+)
+from .features import extract_features, layer_features
+from .io import FORMAT_VERSION, load_memory, read_config, save_memory
+from .losses import address_loss, classifier_loss, kl_divergence, loss_terms, sparse_loss
+from .module import BiasReducingMemory, TrainingAddresses, cosine_matrix
+from .training import average_precision, mean_average_precision, train_memory
+
+__all__ = [
+    "FORMAT_VERSION", "BiasReducingMemory", "SlotSearch", "TrainingAddresses", "address_loss",
+    "average_precision", "channel_similarity", "channel_weights", "classifier_loss",
+    "cosine_matrix", "draw_slot_noise", "extract_features", "kl_divergence", "layer_features",
+    "load_memory", "loss_terms", "mcam_map", "mcam_raw_maps", "mean_average_precision",
+    "read_config", "save_memory", "slot_search", "sparse_loss", "train_memory",
+]

@@ -1,0 +1,156 @@
+"""The M-CAM map: slot search by key perturbation (paper Algorithm 1), then exp(τ) channel
+weights from the found slot of the spatial dictionary (ALGORITHMS §1.4-§1.6).
+
+Shapes: ``B`` images, ``K`` target classes per image, ``N`` slots, ``c`` channels, ``(h, w)``
+the layer's spatial size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .module import COS_EPS, BiasReducingMemory
+
+
+class SlotSearch(NamedTuple):
+    """The result of :func:`slot_search`: ``slots`` ``(B, K)`` 0-based slot indices
+    (``argmax_i drop_i``), ``found`` ``(B, K)`` whether that slot lowers the target score at
+    all (OP-6), ``drops`` ``(B, K, N)`` the score drop ``z_ĉ − z'_ĉ`` of every slot."""
+
+    slots: Tensor
+    found: Tensor
+    drops: Tensor
+
+
+def draw_slot_noise(
+    memory: BiasReducingMemory, batch: int, generator: torch.Generator | None
+) -> Tensor:
+    """The noise of Algorithm 1: ``torch.randn((B, N, c), generator=generator)`` on the
+    generator's device, drawn in one call. ``noise[b, n]`` is the ``w ~ N(0, I_c)`` that
+    replaces key slot ``n`` when image ``b`` is searched: one draw per slot per image, shared
+    by the image's ``K`` target classes (§1.4, OP-5)."""
+    device = generator.device if generator is not None else memory.keys.device
+    return torch.randn((batch, memory.num_slots, memory.channels), generator=generator,
+                       device=device)
+
+
+def _noise_logits(queries: Tensor, noise: Tensor, temperature: float) -> Tensor:
+    """``cos(q_b, w_{b,n}) / T``, the address logit of each noise slot: ``(B, c)``,
+    ``(B, N, c)`` → ``(B, N)``."""
+    dots = torch.einsum("bnc,bc->bn", noise, queries)
+    return dots / (noise.norm(dim=2) * queries.norm(dim=1, keepdim=True) + COS_EPS) / temperature
+
+
+def slot_search(
+    memory: BiasReducingMemory, queries: Tensor, target_indices: Tensor, noise: Tensor
+) -> SlotSearch:
+    """Algorithm 1 for all ``B`` images, ``K`` targets and ``N`` slots at once (§1.4).
+
+    For image ``b`` and slot ``i``, key slot ``i`` is replaced by ``noise[b, i]`` and the
+    memory head re-scores: ``z'_i = fc(cat(p_i V, q))`` with ``p_i`` the address under the
+    perturbed keys. The drop is ``z_ĉ − z'_{i,ĉ}`` with ``z`` the unperturbed head (§1.4 [P]).
+
+    Exact closed form (equal to §1.4's ``N × N`` softmax, up to rounding): the perturbed
+    softmax differs from the unperturbed one in one logit, so with ``a_n = exp(ℓ_n)``,
+    ``a'_i = exp(ℓ'_i)`` (ℓ the key logits, ℓ' the noise logits, both shifted by their max),
+    ``Z = Σ_n a_n`` and ``u_n = W_v[ĉ]·V_n`` (the value half of fc's row for ĉ), the ``q`` half
+    of fc and its bias cancel in the drop and
+
+        drop_i = (Σ_n a_n u_n) / Z − (Σ_n a_n u_n + (a'_i − a_i) u_i) / (Z − a_i + a'_i).
+
+    Cost ``O(B·N·(c + K))`` instead of ``O(B·N²·c)``.
+
+    Args:
+        queries: ``(B, c)`` pooled features ``q``.
+        target_indices: ``(B, K)`` long class indices ``ĉ``.
+        noise: ``(B, N, c)``, from :func:`draw_slot_noise`.
+    """
+    temperature = memory.addr_temperature
+    key_logits = memory.key_address_logits(queries)  # (B, N)
+    swapped = _noise_logits(queries, noise.to(queries), temperature)  # (B, N)
+    shift = torch.maximum(key_logits.amax(1), swapped.amax(1))[:, None]
+    a, a_new = (key_logits - shift).exp(), (swapped - shift).exp()
+    value_weight = memory.fc.weight[:, : memory.channels]  # W_v (n_cls, c)
+    u = (memory.values @ value_weight.T).T[target_indices]  # (B, K, N)
+    total = (a[:, None, :] * u).sum(dim=2, keepdim=True)  # (B, K, 1)
+    norm = a.sum(dim=1, keepdim=True)  # (B, 1)
+    perturbed = (total + (a_new - a)[:, None, :] * u) / (norm - a + a_new)[:, None, :]
+    drops = total / norm[:, None, :] - perturbed
+    best, slots = drops.max(dim=2)
+    return SlotSearch(slots, best > 0, drops)
+
+
+def channel_similarity(features: Tensor, slot_maps: Tensor) -> Tensor:
+    """``τ_i = cos(vec f_{x,i}, vec S_{n_ĉ,i})`` over the ``h·w`` positions of each channel
+    (§1.5, OP-3); ``τ_i = 0`` where either channel is all zeros (§1.5 [P]).
+
+    ``features`` ``(B, c, h, w)``, ``slot_maps`` ``(B, K, c, h, w)`` → ``(B, K, c)`` in [−1, 1].
+    """
+    f = features.flatten(2)  # (B, c, hw)
+    s = slot_maps.flatten(3)  # (B, K, c, hw)
+    norms = f.norm(dim=2)[:, None, :] * s.norm(dim=3)  # (B, K, c)
+    dots = torch.einsum("bcx,bkcx->bkc", f, s)
+    tau = dots / (norms + COS_EPS)
+    return torch.where(norms > 0, tau, torch.zeros_like(tau)).clamp(-1.0, 1.0)
+
+
+def channel_weights(tau: Tensor) -> Tensor:
+    """``w_i = exp(τ_i) ∈ [e⁻¹, e]`` (§1.5; OP-4: no base weight). Same shape as ``tau``."""
+    return tau.exp()
+
+
+def mcam_map(weights: Tensor, features: Tensor) -> Tensor:
+    """``M-CAM_ĉ(x) = Σ_i w_i f_{x,i}`` (§1.5): ``(B, K, c)``, ``(B, c, h, w)`` →
+    ``(B, K, h, w)``, before the post-processing of §0."""
+    return torch.einsum("bkc,bchw->bkhw", weights, features)
+
+
+def _check_targets(memory: BiasReducingMemory, activations: Tensor, targets: Tensor) -> None:
+    if targets.dim() != 2 or targets.shape[0] != activations.shape[0]:
+        raise ValueError(f"target_indices must be (B, K) with B = {activations.shape[0]}; got "
+                         f"shape {tuple(targets.shape)}")
+    if targets.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"target_indices must be integer class indices, got {targets.dtype}")
+    if targets.numel() and (targets.min() < 0 or targets.max() >= memory.num_classes):
+        raise ValueError(f"target classes must lie in [0, {memory.num_classes}) for this memory "
+                         f"(trained on {memory.num_classes} classes); got "
+                         f"[{int(targets.min())}, {int(targets.max())}]")
+    if memory.keys.device != activations.device:
+        device = str(activations.device)
+        raise ValueError(f"the memory is on {memory.keys.device} but the activations are on "
+                         f"{device}; move it with memory.to({device!r})")
+
+
+@torch.no_grad()
+def mcam_raw_maps(
+    memory: BiasReducingMemory,
+    activations: Tensor,
+    target_indices: Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
+    """M-CAM raw maps for every image and target class (§1.6).
+
+    Args:
+        memory: a trained memory for this layer and input size.
+        activations: ``(B, c, h, w)`` float32 target-layer features ``f``.
+        target_indices: ``(B, K)`` long class indices.
+        generator: seeds the slot-search noise (:func:`draw_slot_noise`); ``None`` uses the
+            global RNG.
+
+    Returns:
+        ``(maps (B, K, h, w), info)`` with ``info`` = ``{"slots": (B, K) long, "found": (B, K)
+        bool, "weights": (B, K, c) exp(τ), "drops": (B, K, N)}``.
+    """
+    memory.check_features(activations)
+    _check_targets(memory, activations, target_indices)
+    target_indices = target_indices.long()
+    queries = memory.pool(activations)
+    noise = draw_slot_noise(memory, activations.shape[0], generator)
+    search = slot_search(memory, queries, target_indices, noise)
+    weights = channel_weights(channel_similarity(activations, memory.spatial[search.slots]))
+    info = {"slots": search.slots, "found": search.found, "weights": weights,
+            "drops": search.drops}
+    return mcam_map(weights, activations), info

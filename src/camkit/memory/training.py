@@ -1,0 +1,365 @@
+"""Training the bias-reducing memory on a frozen target network (ALGORITHMS §1.3, §1.7).
+
+Reproducibility: the memory is initialised from ``seed`` (global RNG forked, left untouched)
+and epoch ``e`` visits the samples in the order ``torch.randperm(n, generator=G_e)`` with
+``G_e`` seeded from ``(seed, e)`` alone, so a run resumed from a checkpoint (model,
+optimizer, RNG states, epoch, history; written atomically after every epoch) ends in exactly
+the state of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .features import (
+    CacheMode,
+    FeatureFn,
+    FeatureSource,
+    LiveFeatures,
+    extract_features,
+    layer_features,
+)
+from .io import read_safetensors, write_safetensors
+from .losses import loss_terms
+from .module import BiasReducingMemory, TrainingAddresses
+
+CHECKPOINT_NAME = "memory-checkpoint.safetensors"
+CHECKPOINT_FORMAT = "camkit.memory-checkpoint"
+LOSS_NAMES = ("classifier", "sparse", "address", "total")
+ADDRESSES = ("key", "value", "spatial")  # p, p', p_s
+Callback = Callable[[int, dict[str, Any]], None]
+
+
+def average_precision(scores: Tensor, labels: Tensor) -> Tensor:
+    """Per-class average precision ``Σ_t (R_t − R_{t−1}) P_t`` over the distinct score
+    thresholds ``t`` (tied scores form one threshold, as in scikit-learn's
+    ``average_precision_score``); NaN for a class without positives.
+    ``(n, n_cls)``, ``(n, n_cls)`` → ``(n_cls,)``."""
+    order = scores.argsort(dim=0, descending=True)
+    sorted_scores, hits = scores.gather(0, order), labels.gather(0, order).float()
+    tp = hits.cumsum(0)
+    rank = torch.arange(1, len(scores) + 1, device=scores.device, dtype=tp.dtype)[:, None]
+    threshold_end = torch.ones_like(hits, dtype=torch.bool)
+    threshold_end[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+    at_end = torch.where(threshold_end, tp, torch.zeros_like(tp))
+    previous = torch.cat([torch.zeros_like(tp[:1]), at_end.cummax(0).values[:-1]])
+    gain = torch.where(threshold_end, tp - previous, torch.zeros_like(tp))
+    return (gain * tp / rank).sum(0) / hits.sum(0)
+
+
+def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
+    """mAP: the mean of :func:`average_precision` over the classes with at least one
+    positive (NaN when there is none)."""
+    ap = average_precision(scores, labels)
+    return float(ap[~ap.isnan()].mean()) if (~ap.isnan()).any() else math.nan
+
+
+def address_entropy(logits: Tensor) -> Tensor:
+    """Entropy ``−Σ_n p_n log p_n`` of each address ``p = softmax(logits)``: ``(B, N)`` →
+    ``(B,)``; ``log N`` means uniform (§1.9 pitfall 2)."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+def slot_usage(logits: Tensor) -> Tensor:
+    """How many samples address each slot most strongly: ``(B, N)`` → ``(N,)`` counts."""
+    return torch.bincount(logits.argmax(1), minlength=logits.shape[1])
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
+    """Index batches of epoch ``epoch`` (0-based): a permutation drawn from a generator
+    seeded with ``(seed, epoch)`` only."""
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+    return list(torch.randperm(n, generator=generator).split(batch_size))
+
+
+class EpochStats:
+    """Running sums of the loss terms, address entropies and slot usage over one epoch."""
+
+    def __init__(self, slots: int) -> None:
+        self.count = 0
+        self.sums = dict.fromkeys(LOSS_NAMES, 0.0) | dict.fromkeys(ADDRESSES, 0.0)
+        self.usage = {name: torch.zeros(slots, dtype=torch.long) for name in ADDRESSES}
+
+    @torch.no_grad()
+    def add(self, out: TrainingAddresses, terms: dict[str, Tensor]) -> None:
+        """Add one batch."""
+        size = len(out.v)
+        self.count += size
+        for name in LOSS_NAMES:
+            self.sums[name] += float(terms[name]) * size
+        logits = dict(zip(ADDRESSES, (out.key_logits, out.value_logits, out.spatial_logits),
+                          strict=True))
+        for name, value in logits.items():
+            self.sums[name] += float(address_entropy(value).sum())
+            self.usage[name] += slot_usage(value).cpu()
+
+    def losses(self) -> dict[str, float]:
+        """Mean of each loss term so far."""
+        return {f"loss_{n}": self.sums[n] / max(self.count, 1) for n in LOSS_NAMES}
+
+    def record(self) -> dict[str, Any]:
+        """The epoch's metrics: mean losses, mean entropy of p, p', p_s, slot usage."""
+        entropies = {f"entropy_{n}": self.sums[n] / max(self.count, 1) for n in ADDRESSES}
+        usage = {f"slot_usage_{n}": self.usage[n].tolist() for n in ADDRESSES}
+        return self.losses() | entropies | usage
+
+
+def train_epoch(memory: BiasReducingMemory, optimizer: torch.optim.Optimizer,
+                source: FeatureSource, batches: list[Tensor], device: torch.device,
+                bar: tqdm) -> dict[str, Any]:
+    """One pass over ``batches``: ``L = L_classifier + L_sparse + L_address`` (§1.3), one
+    Adam step per batch. Returns the epoch's :meth:`EpochStats.record`."""
+    memory.train()
+    stats = EpochStats(memory.num_slots)
+    for features, labels in source.iterate(batches):
+        features, labels = features.to(device), labels.to(device)
+        out = memory.training_addresses(features, labels)
+        terms = loss_terms(out, labels)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        stats.add(out, terms)
+        bar.update()
+        bar.set_postfix(_postfix(stats.losses()))
+    return stats.record()
+
+
+def _postfix(record: dict[str, Any]) -> dict[str, str]:
+    """Progress-bar fields: every loss term and, once known, the validation mAP."""
+    keys = [f"loss_{n}" for n in LOSS_NAMES] + ["val_map"]
+    return {k.removeprefix("loss_"): f"{record[k]:.4f}" for k in keys if k in record}
+
+
+@torch.no_grad()
+def evaluate_map(memory: BiasReducingMemory, source: FeatureSource, batch_size: int,
+                 device: torch.device) -> float:
+    """The memory head's mAP (:func:`mean_average_precision`) on every sample of ``source``."""
+    memory.eval()
+    batches = list(torch.arange(len(source)).split(batch_size))
+    scores, labels = zip(*((memory(f.to(device)).cpu(), y)
+                           for f, y in source.iterate(batches)), strict=True)
+    return mean_average_precision(torch.cat(scores), torch.cat(labels))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors = {f"optimizer.{pid}.{key}": value for pid, entry in state["state"].items()
+               for key, value in entry.items() if isinstance(value, Tensor)}
+    scalars = {f"{pid}.{key}": value for pid, entry in state["state"].items()
+               for key, value in entry.items() if not isinstance(value, Tensor)}
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor],
+                       header: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for name, value in header["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": header["param_groups"]})
+
+
+def save_checkpoint(path: Path, memory: BiasReducingMemory, optimizer: torch.optim.Optimizer,
+                    epoch: int, settings: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """Write model, optimizer, RNG states, epoch and history atomically (safetensors)."""
+    optim_tensors, optim_header = _optimizer_tensors(optimizer)
+    tensors = {f"memory.{k}": v for k, v in memory.state_dict().items()} | optim_tensors
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    header = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "settings": settings,
+              "history": history, "optimizer": optim_header}
+    write_safetensors(tensors, header, path)
+
+
+def load_checkpoint(path: Path, memory: BiasReducingMemory, optimizer: torch.optim.Optimizer,
+                    settings: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    """Restore a :func:`save_checkpoint` file into ``memory`` and ``optimizer`` (and the
+    global RNG states); returns ``(epochs done, history)``. Refuses a checkpoint of a run
+    with other settings."""
+    tensors, header = read_safetensors(path, "memory checkpoint")
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a memory training checkpoint")
+    if header["settings"] != settings:
+        changed = sorted(k for k in settings | header["settings"]
+                         if settings.get(k) != header["settings"].get(k))
+        raise ValueError(f"{path} belongs to a run with other settings ({changed}); pass "
+                         "resume=False or another checkpoint_dir to start afresh")
+    device = memory.keys.device
+    memory.load_state_dict({k.removeprefix("memory."): v.to(device) for k, v in tensors.items()
+                            if k.startswith("memory.")})
+    _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()
+                                   if k.startswith("optimizer.")}, header["optimizer"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
+    return int(header["epoch"]), header["history"]
+
+
+def _feature_fn(target: nn.Module | FeatureFn, layer: str | None) -> FeatureFn:
+    if isinstance(target, nn.Module):
+        if not isinstance(layer, str):
+            raise TypeError("layer must be the dotted name of the target layer (e.g. 'layer4') "
+                            "when a model is given")
+        return lambda images: layer_features(target, layer, images)
+    if not callable(target):
+        raise TypeError("feature_fn_or_model must be an nn.Module or a callable images -> "
+                        "(B, c, h, w) features")
+    return target
+
+
+def _device(target: nn.Module | FeatureFn, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(target, nn.Module):
+        first = next(target.parameters(), None)
+        if first is not None:
+            return first.device
+    return torch.device("cpu")
+
+
+def _sources(
+    data: Any, val_data: Any, feature_fn: FeatureFn, num_classes: int, cache: CacheMode,
+    options: dict[str, Any],
+) -> tuple[FeatureSource, FeatureSource | None]:
+    def build(dataset: Any) -> FeatureSource:
+        if cache is None:
+            probe = extract_features(dataset, feature_fn, num_classes, cache="memory",
+                                     limit=options["batch_size"], **options)
+            return LiveFeatures(dataset, feature_fn, options["device"], options["num_workers"],
+                                probe)
+        return extract_features(dataset, feature_fn, num_classes, cache=cache, **options)
+
+    return build(data), None if val_data is None else build(val_data)
+
+
+def _report_skipped(sources: list[FeatureSource | None]) -> list[dict[str, str]]:
+    records = {s.path: s.reason for source in sources if source for s in source.skipped}
+    if records:
+        shown = "; ".join(f"{p} ({r})" for p, r in list(records.items())[:5])
+        warnings.warn(f"{len(records)} image(s) could not be loaded and were skipped: {shown}"
+                      f"{' ...' if len(records) > 5 else ''} (memory.metrics['skipped'] lists all)",
+                      RuntimeWarning, stacklevel=3)
+    return [{"path": p, "reason": r} for p, r in records.items()]
+
+
+def train_memory(
+    feature_fn_or_model: nn.Module | FeatureFn,
+    layer: str | None,
+    data: Any,
+    num_classes: int,
+    slots: int | None = None,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    val_data: Any = None,
+    progress: bool = True,
+    cache: CacheMode = "auto",
+    *,
+    addr_temperature: float = 1.0,
+    class_names: list[str] | None = None,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    extract_batch_size: int | None = None,
+    max_memory_bytes: int = 4 * 2**30,
+    cache_dir: str | Path | None = None,
+    callback: Callback | None = None,
+) -> BiasReducingMemory:
+    """Train a :class:`BiasReducingMemory` on a frozen target network (§1.3; §1.7 defaults).
+
+    Args:
+        feature_fn_or_model: the target network (``layer`` names its target layer), or a
+            function ``images (B, 3, H, W) -> features (B, c, h, w)``.
+        layer: the target layer's dotted name (recorded in the memory in either case).
+        data: map-style data set of ``(image, multi-hot labels, ...)`` (see
+            :mod:`camkit.data.multilabel`); images that fail to load are skipped and reported.
+        num_classes: ``n_cls``.
+        slots: ``N``, default ``2 · n_cls``.
+        epochs, batch_size, lr: Adam training schedule (§1.7 [P]).
+        seed: initialisation and per-epoch shuffling.
+        checkpoint_dir: where ``memory-checkpoint.safetensors`` is written after every epoch.
+        resume: continue from that checkpoint when it exists (same settings required;
+            ``epochs`` may grow).
+        val_data: data set for the memory head's validation mAP after every epoch.
+        progress: tqdm progress bars on stderr (features, then one per epoch).
+        cache: ``"auto"`` (memory up to ``max_memory_bytes``, else disk), ``"memory"``,
+            ``"disk"`` (a numpy memmap in ``cache_dir``), or ``None`` (recompute every batch).
+        addr_temperature: address softmax temperature (1 = paper).
+        class_names: recorded in the memory; default the data set's ``class_names``.
+        device: where the memory trains; default the model's device (CPU for a function).
+        num_workers: DataLoader workers for reading images.
+        extract_batch_size: batch size of the feature pass (default ``batch_size``).
+        callback: ``callback(epoch, record)`` after each epoch's checkpoint (1-based epoch).
+
+    Returns:
+        The trained memory (in eval mode, on ``device``); ``memory.metrics`` holds the
+        per-epoch ``history`` (loss terms, validation mAP, address entropies, slot usage,
+        seconds) and the ``skipped`` images; ``memory.train_settings`` the settings.
+    """
+    device = _device(feature_fn_or_model, device)
+    feature_fn = _feature_fn(feature_fn_or_model, layer)
+    options = {"device": device, "batch_size": extract_batch_size or batch_size,
+               "max_memory_bytes": max_memory_bytes, "cache_dir": cache_dir,
+               "num_workers": num_workers, "progress": progress}
+    train_source, val_source = _sources(data, val_data, feature_fn, num_classes, cache, options)
+    try:
+        c, h, w = train_source.feature_shape
+        settings = {"layer": layer, "num_classes": num_classes, "slots": slots or 2 * num_classes,
+                    "seed": seed, "batch_size": batch_size, "lr": lr,
+                    "addr_temperature": addr_temperature, "feature_shape": [c, h, w],
+                    "input_size": list(train_source.input_size),
+                    "train_samples": len(train_source),
+                    "val_samples": None if val_source is None else len(val_source)}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            memory = BiasReducingMemory(
+                c, (h, w), num_classes, settings["slots"], addr_temperature, layer=layer,
+                input_size=train_source.input_size,
+                class_names=class_names or getattr(data, "class_names", None),
+            ).to(device)
+        optimizer = torch.optim.Adam(memory.parameters(), lr=lr)
+        checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+        start, history = 0, []
+        if checkpoint is not None and resume and checkpoint.exists():
+            start, history = load_checkpoint(checkpoint, memory, optimizer, settings)
+        for epoch in range(start, epochs):
+            began = time.perf_counter()
+            batches = epoch_order(len(train_source), batch_size, seed, epoch)
+            with tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
+                      disable=not progress) as bar:
+                record = {"epoch": epoch + 1} | train_epoch(memory, optimizer, train_source,
+                                                            batches, device, bar)
+                if val_source is not None:
+                    record["val_map"] = evaluate_map(memory, val_source, batch_size, device)
+                    bar.set_postfix(_postfix(record))
+            record["seconds"] = time.perf_counter() - began
+            history.append(record)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, memory, optimizer, epoch + 1, settings, history)
+            if callback is not None:
+                callback(epoch + 1, record)
+    finally:
+        train_source.close()
+        if val_source is not None:
+            val_source.close()
+    memory.train_settings = settings | {"epochs": epochs, "optimizer": "Adam", "cache": cache}
+    memory.metrics = {"history": history, "max_entropy": math.log(memory.num_slots),
+                      "skipped": _report_skipped([train_source, val_source])}
+    return memory.eval()

@@ -1,0 +1,38 @@
+"""Tiny models shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyCNN(nn.Module):
+    """conv → ReLU → conv → ReLU ("features") → global average pool → fc: a GAP → FC head."""
+
+    def __init__(self, classes: int = 5, channels: int = 6, inplace: bool = False) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=inplace),
+            nn.Conv2d(4, channels, 3, padding=1, stride=2), nn.ReLU(inplace=inplace),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+class TinyDeepHead(nn.Module):
+    """A non-linear head after the layer ("body"): conv → ReLU → pool → fc, so gradients vary
+    across positions and Grad-CAM differs from HiRes-CAM, Grad-CAM++ and XGrad-CAM."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.Tanh())
+        self.head = nn.Sequential(
+            nn.Conv2d(5, 7, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d(2), nn.Flatten(),
+            nn.Linear(28, classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
