@@ -11,6 +11,8 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # Packages that carry real sample images; installed without their (heavy) dependencies
 # and never imported, only read from disk.
 SAMPLES := foolbox==3.3.4 imgaug==0.4.0
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test bench lint clean venv
 
@@ -23,9 +25,15 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(SAMPLES)
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMEDRIVER)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
+
+# The report's browser test drives Debian's Chromium through its chromedriver (the
+# chromium-driver package pulls in chromium); nothing is downloaded at test time.
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
 
 demo: $(STAMP)
 	$(VENV)/bin/camkit demo

@@ -49,10 +49,10 @@ def median_time(fn: Callable[[], object], warmup: int | None = None,
     return statistics.median(times)
 
 
-def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int | None = None,
-                      repeats: int | None = None) -> dict[str, float]:
-    """Median seconds of each function, timed in round-robin order so that slow drifts of the
-    machine (thermal, other load) affect all of them alike; ratios between them are stable."""
+def interleaved_samples(fns: dict[str, Callable[[], object]], warmup: int | None = None,
+                        repeats: int | None = None) -> dict[str, list[float]]:
+    """Seconds of each call of each function, timed in round-robin order so that slow drifts of
+    the machine (other load, frequency) affect all of them alike."""
     default_warmup, default_repeats = settings()
     for _ in range(default_warmup if warmup is None else warmup):
         for fn in fns.values():
@@ -63,7 +63,13 @@ def interleaved_times(fns: dict[str, Callable[[], object]], warmup: int | None =
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of ``numerator[i] / denominator[i]`` (samples from
+    :func:`interleaved_samples`): robust to load that changes between rounds."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from camkit.data import imagenet_samples, load_image
+from camkit.layers import choose_layer
 from camkit.zoo import LoadedModel, available_archs, class_index, imagenet_classes, load_model
 
 CLASSES = imagenet_classes()
@@ -57,7 +58,7 @@ def test_lite0_default_layer_is_the_post_activation_head(lite: LoadedModel) -> N
             logits = lite.model(x)
     finally:
         handle.remove()
-    (head,) = captured  # called once per forward, unlike the shared ``_swish``
+    (head,) = captured  # called once per forward, unlike the package's shared ``_swish``
     assert head.shape == (2, 1280, 7, 7) and head.min() >= 0 and head.max() <= 6
     # CAM's premise: the logits are the classifier applied to this map's spatial mean.
     torch.testing.assert_close(lite.model._fc(head.mean((2, 3))), logits)
@@ -66,6 +67,9 @@ def test_lite0_default_layer_is_the_post_activation_head(lite: LoadedModel) -> N
     original.load_state_dict(lite.model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(original(x), logits)
+    # The automatic choice (last spatial output) lands on the same features.
+    assert choose_layer(lite.model, (x,)) == "_bn1"
+    assert "_swish" not in dict(lite.model.named_children())  # no module fires twice
 
 
 def test_torchvision_random_init(resnet18: LoadedModel) -> None:
@@ -99,8 +103,8 @@ def test_state_dict_file_round_trip(resnet18: LoadedModel, tmp_path: Path) -> No
 def test_weights_of_another_arch_or_no_file(resnet18: LoadedModel, tmp_path: Path) -> None:
     path = tmp_path / "r18.pth"
     torch.save(resnet18.model.state_dict(), path)
-    with pytest.raises(ValueError, match="do not fit resnet34"):
-        load_model("resnet34", weights=path)
+    with pytest.raises(ValueError, match="do not fit mobilenet_v3_small"):
+        load_model("mobilenet_v3_small", weights=path)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_model("resnet18", weights=tmp_path / "missing.pth")
 

@@ -2,6 +2,7 @@
 
 from . import methods, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
+from .viz import report
 
 __version__ = "0.1.0"
 
@@ -13,9 +14,17 @@ LayerCAM = method_class("LayerCAM", "layercam")
 HiResCAM = method_class("HiResCAM", "hirescam")
 GuidedBackprop = method_class("GuidedBackprop", "guided-backprop")
 GuidedGradCAM = method_class("GuidedGradCAM", "guided-gradcam")
+ScoreCAM = method_class("ScoreCAM", "scorecam")
+SSCAM = method_class("SSCAM", "sscam")
+ISCAM = method_class("ISCAM", "iscam")
+AblationCAM = method_class("AblationCAM", "ablationcam")
+EigenCAM = method_class("EigenCAM", "eigencam")
+EigenGradCAM = method_class("EigenGradCAM", "eigengradcam")
+Occlusion = method_class("Occlusion", "occlusion")
 
 __all__ = [
-    "CAM", "CAMMethod", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
-    "GuidedGradCAM", "HiResCAM", "LayerCAM", "XGradCAM", "available_methods", "explain",
-    "method_class", "methods", "targets",
+    "CAM", "ISCAM", "SSCAM", "AblationCAM", "CAMMethod", "EigenCAM", "EigenGradCAM",
+    "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM",
+    "LayerCAM", "Occlusion", "ScoreCAM", "XGradCAM", "available_methods", "explain",
+    "method_class", "methods", "report", "targets",
 ]

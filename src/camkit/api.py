@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,6 +18,7 @@ from .methods import registry
 from .methods.registry import GRADIENTS, INPUT_GRADIENTS, LayerPass, Method
 from .postprocess import postprocess
 from .targets import ScoreFn, TargetSpec, resolve
+from .viz.report import SavedExplanation, explanation_to_html, save_explanation
 
 
 class Explanation(Mapping[str, Tensor]):
@@ -50,6 +53,18 @@ class Explanation(Mapping[str, Tensor]):
     def numpy(self, method: str) -> np.ndarray:
         """``expl[method]`` as a float32 numpy array on the CPU."""
         return self[method].detach().cpu().numpy()
+
+    def to_html(self, path: str | os.PathLike[str], images: Sequence[Any],
+                class_names: Sequence[str] | None = None, **options: Any) -> Path:
+        """Write the self-contained HTML report; ``images[b]`` is the RGB picture of image
+        ``b`` (see :func:`camkit.viz.report.explanation_to_html` for ``options``)."""
+        return explanation_to_html(self, images, class_names, path, **options)
+
+    def save(self, directory: str | os.PathLike[str], images: Sequence[Any],
+             class_names: Sequence[str] | None = None, **options: Any) -> SavedExplanation:
+        """Write the report, PNG grids and maps into ``directory`` (see
+        :func:`camkit.viz.report.save_explanation`)."""
+        return save_explanation(self, directory, images, class_names, **options)
 
     def __repr__(self) -> str:
         shape = tuple(next(iter(self.maps.values())).shape) if self.maps else ()
@@ -186,6 +201,7 @@ def explain(
                 _layer_layout_inverse(cap.activation, activations)),
             input_size=tuple(inputs[0].shape[-2:]),
             generator=torch.Generator(device=device).manual_seed(seed),
+            score_outputs=score_fn.score,
         )
         del cap
         raw = {m.name: m.compute(layer_pass, **opts).float()

@@ -6,6 +6,7 @@ Results and where they were written go to stdout; problems and progress to stder
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from . import api
 from .data import load_image
 from .viz import grid, overlay, save_png
+from .viz.report import ReportItem, report_from_results, report_item
 from .zoo import LoadedModel, class_index, load_model
 
 # The classic methods the demo shows (those that need no trained artifact).
@@ -31,6 +33,7 @@ class ImageResult:
     path: Path
     out_dir: Path
     predictions: list[tuple[str, float]]
+    report: ReportItem  # the image's part of the HTML report (--report)
 
 
 def parse_target(text: str, class_names: Sequence[str]) -> int | None:
@@ -71,7 +74,10 @@ def explain_images(
         for b, (path, img) in enumerate(chunk):
             view = np.asarray(loaded.preprocess.view(img))
             out_dir = out / _unique_stem(path, out, results)
-            results.append(ImageResult(path, out_dir, _top(probabilities[b], loaded, top)))
+            predictions = _top(probabilities[b], loaded, top)
+            item = report_item(expl, b, view, loaded.class_names, name=path.name,
+                               predictions=predictions)
+            results.append(ImageResult(path, out_dir, predictions, item))
             _write_image_outputs(out_dir, view, expl, b, alpha, loaded.class_names)
     return results, failed
 
@@ -124,6 +130,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     for r in results:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.predictions)
         print(f"{r.path}: {best}\n  → {r.out_dir}")
+    if args.report:
+        report = report_from_results(
+            results, args.report, model=args.arch, layer=args.layer or loaded.layer,
+            methods=methods,
+            options={"target": args.target, "weights": args.weights or "packaged",
+                     "alpha": args.alpha},
+            command=shlex.join(["camkit", *args.argv]), alpha=args.alpha)
+        print(f"report → {report}")
     for path, reason in failed:
         print(f"camkit: skipped {path}: {reason}", file=sys.stderr)
     return 1 if failed else 0
@@ -148,11 +162,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     loaded = load_model()
     methods = [m for m in DEMO_METHODS if m in api.available_methods()]
     results, _ = explain_images([quokka_path, *samples], loaded, methods, out / "images")
+    report = report_from_results(results, out / "report.html", model=loaded.arch,
+                                 layer=loaded.layer, methods=methods, command="camkit demo")
     for r in results:
         print(f"{r.path.name}: {r.predictions[0][0]} ({r.predictions[0][1]:.0%}) → "
               f"{r.out_dir / 'grid.png'}")
-    print(f"\nThe demo's maps are in {out.resolve()}/images/ (one folder per image: grid.png "
-          "shows every method side by side).")
+    print(f"\nReport: {report.resolve()}\nMaps and PNG grids: {out.resolve()}/images/")
     return 0
 
 
@@ -173,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="runs/explain", help="output folder")
     ex.add_argument("--batch-size", type=int, default=8)
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map")
+    ex.add_argument("--report", default=None, metavar="HTML",
+                    help="also write a self-contained HTML report to this file")
     ex.set_defaults(run=_cmd_explain)
 
     me = sub.add_parser("methods", help="list the methods")
@@ -188,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``camkit`` command."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
     except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:

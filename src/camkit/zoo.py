@@ -17,6 +17,7 @@ import torch
 import torchvision
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 
 from camkit.data.images import PathLike, Preprocess
 from camkit.layers import choose_layer
@@ -90,7 +91,8 @@ def load_model(
             and benchmarks.
 
     Preprocessing: EfficientNet-Lite, ``(x - 127) / 128`` on RGB uint8 after a plain
-    bilinear resize to 224 × 224 (Lite0; the whole image is seen, so maps cover all of it).
+    bilinear resize to the model's size (224 × 224 for Lite0; the whole image is seen, so
+    maps cover all of it).
     torchvision models: the recipe of the architecture's original ImageNet-1k weights
     (ResNets: resize 256, centre crop 224, ImageNet mean/std). Switch the geometry with
     ``dataclasses.replace(loaded.preprocess, crop_fraction=0.875)`` (or ``None``).
@@ -146,17 +148,19 @@ class _NormAct(nn.BatchNorm2d):
 
 
 def _load_lite(arch: str, weights: PathLike | None, random_init: bool) -> LoadedModel:
-    """EfficientNet-Lite from the ``efficientnet-lite-pytorch`` package.
+    """EfficientNet-Lite from the ``efficientnet-lite-pytorch`` package, made hookable.
 
     Default layer ``_bn1.act``: the head after its ReLU6, ``(B, 1280, 7, 7)`` for Lite0, the
-    exact features the classifier average-pools, which CAM's equation needs. The package's
-    forward computes it as ``self._swish(self._bn1(self._conv_head(x)))``, but ``_swish``
-    is one ``ReLU6`` module shared with the stem (called twice per forward: first
-    ``(B, 32, 112, 112)``, then the head), so hooking it is ambiguous, and ``_bn1`` is before
-    the activation (negative values, not what the classifier sees). So the loaded model's
-    ``_bn1`` is a ``BatchNorm2d`` subclass that applies its own ``act = ReLU6()``; the shared
-    ``_swish`` that follows is then a no-op (ReLU6 is idempotent), outputs and gradients are
-    unchanged, and state dicts keep their keys.
+    exact features the classifier average-pools, which CAM's equation needs. The package
+    computes stem and head as ``self._swish(self._bn0(...))`` and
+    ``self._swish(self._bn1(...))`` with ONE shared ``ReLU6`` module ``_swish``: hooking it
+    fires twice per forward (first the ``(B, 32, 112, 112)`` stem, then the head), so it is
+    ambiguous, and ``_bn1`` alone is before the activation (negative values, not what the
+    classifier sees). So the loaded model's ``_bn0`` and ``_bn1`` are ``BatchNorm2d``
+    subclasses with their own ``act = ReLU6()``, and ``_swish`` becomes the plain function
+    ``F.relu6``: a no-op after them (ReLU6 is idempotent) and no longer a module. Outputs and
+    gradients are unchanged, state dicts keep their keys, and the automatic layer choice (the
+    last module with a spatial output) finds ``_bn1``, whose output is ``_bn1.act``'s.
 
     Weights are loaded with ``torch.load(weights_only=True)`` and a strict
     ``load_state_dict`` instead of the package's ``from_pretrained``, which prints to stdout.
@@ -170,7 +174,10 @@ def _load_lite(arch: str, weights: PathLike | None, random_init: bool) -> Loaded
     model = lite.EfficientNet.from_name(arch)
     if not isinstance(model._swish, nn.ReLU6):
         raise TypeError(f"expected ReLU6 activations in {arch}, got {type(model._swish)}")
+    model._bn0 = _NormAct(model._bn0, nn.ReLU6())
     model._bn1 = _NormAct(model._bn1, nn.ReLU6())
+    del model._swish  # unregister the shared module, then keep the call as a function
+    model._swish = F.relu6
     if weights is not None:
         _load_state_dict(model, weights, arch)
     size = lite.EfficientNet.get_image_size(arch)

@@ -1,8 +1,10 @@
 """Multi-label image data sets for training M-CAM memories (and for evaluation).
 
 The protocol is a map-style data set whose items are ``(image tensor, multi-hot labels)``:
-``image`` is whatever the ``transform`` makes of a PIL RGB image (default: a ``(3, H, W)``
-float32 tensor in [0, 1]) and ``labels`` is a float32 ``(n_cls,)`` tensor of 0/1.
+``image`` is whatever the ``transform`` makes of the RGB image that
+:func:`camkit.data.images.load_image` reads (EXIF orientation applied, grey, 16-bit and
+transparent images converted; default transform: a ``(3, H, W)`` float32 tensor in
+[0, 1]), and ``labels`` is a float32 ``(n_cls,)`` tensor of 0/1.
 
 Ready loaders (all return a :class:`MultiLabelImages`):
 
@@ -36,12 +38,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms.functional import pil_to_tensor
+
+from .images import load_image, to_tensor
 
 Transform = Callable[[Image.Image], Any]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 ON_ERROR = ("skip", "raise")
-LOAD_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+LOAD_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
 class MultiLabelDataset(Protocol):
@@ -65,16 +68,9 @@ class ImageLoadError(OSError):
     """An image could not be opened or decoded (``on_error="raise"``)."""
 
 
-def to_tensor(image: Image.Image) -> Tensor:
-    """The default transform: PIL RGB → ``(3, H, W)`` float32 in [0, 1]."""
-    return pil_to_tensor(image).float().div_(255)
-
-
-def load_rgb(path: Path) -> Image.Image:
-    """Open and fully decode ``path`` as an RGB PIL image (raises on a damaged file)."""
-    with Image.open(path) as image:
-        image.load()
-        return image.convert("RGB")
+def to_unit_tensor(image: Image.Image) -> Tensor:
+    """The default transform: PIL RGB → ``(3, H, W)`` float32 in [0, 1], not normalised."""
+    return to_tensor(image, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
 def collate_skipping(batch: Sequence[Any]) -> tuple[Tensor | None, Tensor | None, list[Skipped]]:
@@ -110,7 +106,7 @@ class MultiLabelImages(Dataset):
         paths: one image path per sample.
         labels: ``(n, n_cls)`` multi-hot float32.
         class_names: ``n_cls`` names.
-        transform: PIL RGB image → tensor; default :func:`to_tensor`.
+        transform: PIL RGB image → tensor; default :func:`to_unit_tensor`.
         on_error: ``"skip"`` or ``"raise"`` (see the module docstring).
         boxes: per sample a ``(m, 5)`` float32 tensor of ``(class, x_min, y_min, x_max, y_max)``
             in pixels, or ``None``.
@@ -138,7 +134,7 @@ class MultiLabelImages(Dataset):
         self.labels = labels[keep].float()
         self.boxes = None if boxes is None else [boxes[i] for i in keep]
         self.class_names = list(class_names)
-        self.transform = transform or to_tensor
+        self.transform = transform or to_unit_tensor
         self.on_error = on_error
         self.skipped = [Skipped(p, "missing file") for p in missing]
 
@@ -153,7 +149,7 @@ class MultiLabelImages(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, Tensor] | Skipped:
         path = self.paths[index]
         try:
-            image = load_rgb(path)
+            image = load_image(path)
         except LOAD_ERRORS as err:
             if self.on_error == "raise":
                 raise ImageLoadError(f"cannot load image {path}: {err}") from err

@@ -61,7 +61,8 @@ def slot_search(
 
         drop_i = (Σ_n a_n u_n) / Z − (Σ_n a_n u_n + (a'_i − a_i) u_i) / (Z − a_i + a'_i).
 
-    Cost ``O(B·N·(c + K))`` instead of ``O(B·N²·c)``.
+    Cost ``O(B·N·c·(K + 1))`` (the noise cosines and ``u``) instead of ``O(B·N²·c)`` for
+    the ``N × N`` addresses and reads plus ``O(B·N·c·n_cls)`` for re-scoring every class.
 
     Args:
         queries: ``(B, c)`` pooled features ``q``.
@@ -73,8 +74,8 @@ def slot_search(
     swapped = _noise_logits(queries, noise.to(queries), temperature)  # (B, N)
     shift = torch.maximum(key_logits.amax(1), swapped.amax(1))[:, None]
     a, a_new = (key_logits - shift).exp(), (swapped - shift).exp()
-    value_weight = memory.fc.weight[:, : memory.channels]  # W_v (n_cls, c)
-    u = (memory.values @ value_weight.T).T[target_indices]  # (B, K, N)
+    value_weight = memory.fc.weight[target_indices, : memory.channels]  # W_v[ĉ] (B, K, c)
+    u = value_weight @ memory.values.T  # u_n = W_v[ĉ]·V_n, (B, K, N)
     total = (a[:, None, :] * u).sum(dim=2, keepdim=True)  # (B, K, 1)
     norm = a.sum(dim=1, keepdim=True)  # (B, 1)
     perturbed = (total + (a_new - a)[:, None, :] * u) / (norm - a + a_new)[:, None, :]

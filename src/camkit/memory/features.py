@@ -37,7 +37,8 @@ class _StopForward(Exception):
 def layer_features(model: nn.Module, layer: str, images: Tensor) -> Tensor:
     """The output ``(B, c, h, w)`` float32 of ``model``'s module ``layer`` for ``images``.
 
-    Runs in eval mode without gradients and stops the forward pass at the layer; every
+    Runs in eval mode without gradients and stops the forward pass at the layer's first
+    call (a module called several times, like a shared ReLU, gives its first output); every
     module's train/eval flag is restored and the hook removed, whatever happens. (A stand-in
     for the engine's capture, kept in this one function so that it is easy to replace.)"""
     module = find_layer(model, layer)

@@ -197,14 +197,13 @@ class BiasReducingMemory(nn.Module):
         if features.dim() == 4 and tuple(features.shape[1:]) == expected:
             return
         where = f"layer {self.layer!r}" if self.layer else "its layer"
-        size = (f" at input size {self.input_size[0]}×{self.input_size[1]}"
-                if self.input_size else "")
+        size = f"{self.input_size[0]}×{self.input_size[1]}" if self.input_size else None
         raise ValueError(
             f"this M-CAM memory was trained on {where} with features of shape (c, h, w) = "
-            f"{expected}{size}, but the activations have shape {tuple(features.shape)} "
-            "(expected (B, c, h, w)). Explain the same layer of the same network"
-            f"{size.replace(' at', ', with images of')}, or train a memory for this "
-            "layer and input size"
+            f"{expected}{f' (input size {size})' if size else ''}, but the activations have "
+            f"shape {tuple(features.shape)}. Explain that layer of the same network "
+            f"{f'with {size} images' if size else 'at the training input size'}, or train a "
+            "memory for this layer and input size"
         )
 
     def config(self) -> dict[str, Any]:

@@ -232,19 +232,43 @@ def _device(target: nn.Module | FeatureFn, device: str | torch.device | None) ->
     return torch.device("cpu")
 
 
-def _sources(
-    data: Any, val_data: Any, feature_fn: FeatureFn, num_classes: int, cache: CacheMode,
-    options: dict[str, Any],
-) -> tuple[FeatureSource, FeatureSource | None]:
-    def build(dataset: Any) -> FeatureSource:
-        if cache is None:
-            probe = extract_features(dataset, feature_fn, num_classes, cache="memory",
-                                     limit=options["batch_size"], **options)
-            return LiveFeatures(dataset, feature_fn, options["device"], options["num_workers"],
-                                probe)
-        return extract_features(dataset, feature_fn, num_classes, cache=cache, **options)
+def _source(dataset: Any, feature_fn: FeatureFn, num_classes: int, cache: CacheMode,
+            options: dict[str, Any]) -> FeatureSource:
+    """Cached features of ``dataset``, or (``cache=None``) a live source probed on one batch."""
+    if cache is None:
+        probe = extract_features(dataset, feature_fn, num_classes, cache="memory",
+                                 limit=options["batch_size"], **options)
+        return LiveFeatures(dataset, feature_fn, options["device"], options["num_workers"], probe)
+    return extract_features(dataset, feature_fn, num_classes, cache=cache, **options)
 
-    return build(data), None if val_data is None else build(val_data)
+
+def fit(memory: BiasReducingMemory, train: FeatureSource, val: FeatureSource | None,
+        settings: dict[str, Any], epochs: int, checkpoint: Path | None, resume: bool,
+        progress: bool, callback: Callback | None) -> list[dict[str, Any]]:
+    """The epoch loop: resume from ``checkpoint`` if asked, train, validate, checkpoint and
+    call back after every epoch. Returns the history of epoch records."""
+    device = memory.keys.device
+    optimizer = torch.optim.Adam(memory.parameters(), lr=settings["lr"])
+    start, history = 0, []
+    if checkpoint is not None and resume and checkpoint.exists():
+        start, history = load_checkpoint(checkpoint, memory, optimizer, settings)
+    for epoch in range(start, epochs):
+        began = time.perf_counter()
+        batches = epoch_order(len(train), settings["batch_size"], settings["seed"], epoch)
+        with tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
+                  disable=not progress) as bar:
+            record = {"epoch": epoch + 1} | train_epoch(memory, optimizer, train, batches,
+                                                        device, bar)
+            if val is not None:
+                record["val_map"] = evaluate_map(memory, val, settings["batch_size"], device)
+                bar.set_postfix(_postfix(record))
+        record["seconds"] = time.perf_counter() - began
+        history.append(record)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, memory, optimizer, epoch + 1, settings, history)
+        if callback is not None:
+            callback(epoch + 1, record)
+    return history
 
 
 def _report_skipped(sources: list[FeatureSource | None]) -> list[dict[str, str]]:
@@ -318,48 +342,32 @@ def train_memory(
     options = {"device": device, "batch_size": extract_batch_size or batch_size,
                "max_memory_bytes": max_memory_bytes, "cache_dir": cache_dir,
                "num_workers": num_workers, "progress": progress}
-    train_source, val_source = _sources(data, val_data, feature_fn, num_classes, cache, options)
+    train = _source(data, feature_fn, num_classes, cache, options)
+    val = None
     try:
-        c, h, w = train_source.feature_shape
+        val = None if val_data is None else _source(val_data, feature_fn, num_classes, cache,
+                                                    options)
+        c, h, w = train.feature_shape
         settings = {"layer": layer, "num_classes": num_classes, "slots": slots or 2 * num_classes,
                     "seed": seed, "batch_size": batch_size, "lr": lr,
                     "addr_temperature": addr_temperature, "feature_shape": [c, h, w],
-                    "input_size": list(train_source.input_size),
-                    "train_samples": len(train_source),
-                    "val_samples": None if val_source is None else len(val_source)}
+                    "input_size": list(train.input_size), "train_samples": len(train),
+                    "val_samples": None if val is None else len(val)}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             memory = BiasReducingMemory(
                 c, (h, w), num_classes, settings["slots"], addr_temperature, layer=layer,
-                input_size=train_source.input_size,
+                input_size=train.input_size,
                 class_names=class_names or getattr(data, "class_names", None),
             ).to(device)
-        optimizer = torch.optim.Adam(memory.parameters(), lr=lr)
         checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
-        start, history = 0, []
-        if checkpoint is not None and resume and checkpoint.exists():
-            start, history = load_checkpoint(checkpoint, memory, optimizer, settings)
-        for epoch in range(start, epochs):
-            began = time.perf_counter()
-            batches = epoch_order(len(train_source), batch_size, seed, epoch)
-            with tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
-                      disable=not progress) as bar:
-                record = {"epoch": epoch + 1} | train_epoch(memory, optimizer, train_source,
-                                                            batches, device, bar)
-                if val_source is not None:
-                    record["val_map"] = evaluate_map(memory, val_source, batch_size, device)
-                    bar.set_postfix(_postfix(record))
-            record["seconds"] = time.perf_counter() - began
-            history.append(record)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, memory, optimizer, epoch + 1, settings, history)
-            if callback is not None:
-                callback(epoch + 1, record)
+        history = fit(memory, train, val, settings, epochs, checkpoint, resume, progress,
+                      callback)
     finally:
-        train_source.close()
-        if val_source is not None:
-            val_source.close()
+        for source in (train, val):
+            if source is not None:
+                source.close()
     memory.train_settings = settings | {"epochs": epochs, "optimizer": "Adam", "cache": cache}
     memory.metrics = {"history": history, "max_entropy": math.log(memory.num_slots),
-                      "skipped": _report_skipped([train_source, val_source])}
+                      "skipped": _report_skipped([train, val])}
     return memory.eval()

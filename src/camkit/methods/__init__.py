@@ -1,6 +1,14 @@
 """The methods; importing this package registers every one of them."""
 
-from . import cam, gradient, guided  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    ablation,
+    cam,
+    eigen,
+    gradient,
+    guided,
+    occlusion,
+    score,
+)
 from .registry import LayerPass, Method, available_methods, get_method, register
 
 __all__ = ["LayerPass", "Method", "available_methods", "get_method", "register"]

@@ -43,6 +43,8 @@ class LayerPass:
         input_size: ``(H, W)`` spatial size of the (first) input.
         generator: seeded ``torch.Generator`` for stochastic methods, or ``None``.
         notes: free-form facts methods report (e.g. which execution path was taken).
+        score_outputs: ``f(outputs, rows) -> (n, K)``: the target scores read from a model
+            output (for methods that run part of the model themselves), or ``None``.
     """
 
     activations: Tensor
@@ -60,6 +62,7 @@ class LayerPass:
     input_size: tuple[int, int]
     generator: torch.Generator | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    score_outputs: Callable[[Any, Tensor | None], Tensor] | None = None
 
 
 @dataclass(frozen=True)

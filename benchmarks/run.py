@@ -1,0 +1,156 @@
+"""Run the benchmarks and write docs/benchmarks.md.
+
+Every ``benchmarks/bench_*.py`` module exposes ``run() -> list[dict]`` (rows made by
+``common.row``) and optionally ``DESCRIPTIONS`` (group → paragraph). Each result group gets its
+own section between markers in the document; a run replaces only the sections of the groups
+it produced and keeps the others.
+
+    python benchmarks/run.py                   # everything
+    python benchmarks/run.py --only gradient   # bench_gradient.py only
+    python benchmarks/run.py --quick           # fewer repetitions (a smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import os
+import platform
+import re
+import shlex
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from common import THREADS, Row, goal_met
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE.parent / "docs" / "benchmarks.md"
+SECTION = re.compile(r"<!-- group: (?P<group>\S+) -->\n.*?<!-- /group: (?P=group) -->\n",
+                     re.DOTALL)
+HEADER = """# Benchmarks
+
+Written by `benchmarks/run.py` (`make bench`). Each section below comes from one group of one
+benchmark module and says when, where and with which command it was measured; a run replaces
+only the sections of the groups it ran. Speed goals are ratios of times measured in the same
+run on the same machine (medians after warm-up, torch limited to {threads} threads), never
+absolute times; tests contain no timing assertions.
+
+"""
+
+
+def discover(only: list[str]) -> list[str]:
+    """Names of the ``bench_*.py`` modules to run (``--only gradient`` or ``bench_gradient``)."""
+    names = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    if not only:
+        return names
+    wanted = {n if n.startswith("bench_") else f"bench_{n}" for n in only}
+    unknown = sorted(wanted - set(names))
+    if unknown:
+        sys.exit(f"no benchmark module {unknown}; available: {[n[6:] for n in names]}")
+    return [n for n in names if n in wanted]
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        models = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    if models:
+        cpu = models[0]
+    load = os.getloadavg()[0]
+    return (f"{cpu}, {os.cpu_count()} cores ({THREADS} torch threads), torch {torch.__version__}, "
+            f"Python {platform.python_version()}, load average {load:.2f} at start")
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "ms":
+        return f"{value:.1f}"
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.1e}"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+
+
+def met_mark(r: Row) -> str:
+    met = r.get("met", goal_met(r["value"], r.get("goal")))
+    return "" if met is None else ("yes" if met else "**no**")
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| benchmark | value | unit | goal | met | note |", "|---|---:|---|---|---|---|"]
+    for r in rows:
+        cells = [r["name"], fmt(r["value"], r["unit"]), r["unit"], r.get("goal") or "",
+                 met_mark(r), r.get("note", "")]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def section(group: str, rows: list[Row], description: str, stamp: str) -> str:
+    goals = [r for r in rows if r.get("goal")]
+    met = sum(met_mark(r) == "yes" for r in goals)
+    summary = f"Goals met: {met} of {len(goals)}.\n\n" if goals else ""
+    text = description.strip() + "\n\n" if description else ""
+    return (f"<!-- group: {group} -->\n## {group}\n\n{stamp}\n\n{summary}{text}{table(rows)}\n"
+            f"<!-- /group: {group} -->\n")
+
+
+def write(path: Path, sections: dict[str, str]) -> None:
+    """Replace the sections of the groups that ran, keep the others in their order."""
+    old = path.read_text() if path.exists() else ""
+    kept = {m["group"]: m.group(0) for m in SECTION.finditer(old)}
+    kept.update(sections)
+    body = "\n".join(kept.values())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(HEADER.format(threads=THREADS) + body)
+
+
+def print_table(rows: list[Row]) -> None:
+    width = max((len(r["name"]) for r in rows), default=10)
+    for r in rows:
+        goal = f"  goal {r['goal']}: {met_mark(r).strip('*')}" if r.get("goal") else ""
+        print(f"  {r['name']:<{width}}  {fmt(r['value'], r['unit']):>9} {r['unit']}{goal}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[], metavar="NAME",
+                        help="run only this module (repeatable; 'gradient' = bench_gradient.py)")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to update")
+    args = parser.parse_args(argv)
+    if args.quick:
+        os.environ["BENCH_QUICK"] = "1"
+    torch.set_num_threads(THREADS)
+    command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
+    stamp = (f"Measured {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with "
+             f"`{command}` on {machine()}.")
+    sections: dict[str, str] = {}
+    failed = []
+    for name in discover(args.only):
+        print(f"== {name}", flush=True)
+        try:
+            module: ModuleType = importlib.import_module(name)
+            rows = module.run()
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        descriptions = getattr(module, "DESCRIPTIONS", {})
+        for group in dict.fromkeys(r["group"] for r in rows):
+            group_rows = [r for r in rows if r["group"] == group]
+            print(f"-- {group}")
+            print_table(group_rows)
+            sections[group] = section(group, group_rows, descriptions.get(group, ""), stamp)
+    if sections:
+        write(args.out, sections)
+        print(f"wrote {args.out} ({', '.join(sections)})")
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``camkit explain-dataset``: the command-line face of :func:`explain_dataset`.
+
+Hook it into the ``camkit`` parser with ``add_parser(subparsers)``; the parser's ``run``
+default is :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .job import TARGET_HELP, ModelSpec
+from .runner import ENGINES, explain_dataset
+from .sources import SPEC_HELP
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``explain-dataset`` subcommand to an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "explain-dataset", help="explain a whole data set into resumable shards",
+        description="Explain every image of a data set and store float16 maps, scores and "
+                    "targets in safetensors shards with a manifest. Rerunning the same command "
+                    "resumes an interrupted job; other settings into the same --out are "
+                    "refused. Read the results with camkit.batch.open_results(OUT).")
+    p.add_argument("--data", required=True, metavar="SPEC", help=SPEC_HELP)
+    p.add_argument("--methods", default="gradcam", help="comma-separated (see camkit methods)")
+    p.add_argument("--out", required=True, help="the results folder")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="local (this machine) or ray (a Ray cluster: --ray-address or "
+                        "RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--arch", default="efficientnet-lite0",
+                   help="efficientnet-lite0 (pretrained, offline) or a torchvision model name")
+    p.add_argument("--weights", default=None, help="a local state dict for --arch")
+    p.add_argument("--random-init", action="store_true",
+                   help="untrained (seeded) weights, for trials without a weights file")
+    p.add_argument("--layer", default=None, help="target layer (dotted name); default per model")
+    p.add_argument("--target", default="pred", help=TARGET_HELP)
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a method option (repeatable); VALUE is read as JSON when it parses")
+    p.add_argument("--batch-size", type=int, default=32, help="images per explain call")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding processes (local)")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per shard file")
+    p.add_argument("--map-size", type=int, default=None,
+                   help="store maps at this side length (area-averaged); default input size")
+    p.add_argument("--device", default=None, help="local engine device (default cuda if any)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster address (ray engine)")
+    p.add_argument("--ray-actors", type=int, default=None,
+                   help="model actors (ray engine; default one per GPU, else one per CPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+    return p
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["batch_size=64", "mode=fast"]`` → ``{"batch_size": 64, "mode": "fast"}``."""
+    options: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--option takes NAME=VALUE, got {item!r}")
+        try:
+            options[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            options[name.strip()] = text
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the job; the summary goes to stdout, unreadable images to stderr."""
+    results = explain_dataset(
+        args.data, args.out, [m.strip() for m in args.methods.split(",") if m.strip()],
+        model=ModelSpec(args.arch, args.weights, args.random_init), layer=args.layer,
+        target=args.target, options=parse_options(args.option), batch_size=args.batch_size,
+        workers=args.workers, shard_size=args.shard_size, map_size=args.map_size,
+        engine=args.engine, device=args.device, ray_address=args.ray_address,
+        ray_actors=args.ray_actors, progress=False if args.no_progress else None)
+    for image, reason in results.failed.items():
+        print(f"camkit: skipped {image}: {reason}", file=sys.stderr)
+    shards = len(results.manifest["shards"])
+    skipped = (f"; {len(results.failed)} unreadable images skipped (listed in the manifest)"
+               if results.failed else "")
+    print(f"{len(results)} images explained with {', '.join(results.methods)} into "
+          f"{results.root} ({shards} shards{skipped})")
+    return 0

@@ -1,0 +1,83 @@
+"""Eigen-CAM and EigenGrad-CAM (ALGORITHMS §3.5-3.6): the first principal component of the
+layer's features, by one batched SVD in torch on the input's device (no per-image loop).
+
+Both are raw ``(B, K, h, w)`` maps; Eigen-CAM is class-agnostic (the same map for every
+target). The sign of a singular vector is arbitrary, so a map can come out inverted:
+``sign_correction=True`` flips maps whose largest magnitude is negative (off by default, as
+in the 2021 baselines).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .registry import GRADIENTS, LayerPass, Method, register
+
+
+def principal_projection(features: Tensor) -> Tensor:
+    """Projection on the first right singular vector (Bany Muhammad & Yeasin 2020, with the
+    column centring of pytorch-grad-cam, C1): ``O`` ``(N, P, C)`` has one row per position;
+    non-finite values become 0, each column is centred over the positions, ``O = UΣVᵀ`` and
+    the result is ``O v₁`` ``(N, P)``."""
+    o = features.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    o = o - o.mean(dim=1, keepdim=True)
+    vh = torch.linalg.svd(o, full_matrices=False).Vh
+    return (o @ vh[:, 0, :, None])[..., 0]
+
+
+def sign_corrected(projection: Tensor) -> Tensor:
+    """Flip each row of ``projection`` ``(N, P)`` whose minimum is larger in magnitude than its
+    maximum (C1's ``get_2d_projection_with_sign_correction``)."""
+    flip = projection.amin(dim=1).abs() > projection.amax(dim=1).abs()
+    return torch.where(flip[:, None], -projection, projection)
+
+
+def eigen_map(features: Tensor, sign_correction: bool = False) -> Tensor:
+    """``(N, C, h, w)`` features → ``(N, h, w)`` first-component maps."""
+    n, _, h, w = features.shape
+    projection = principal_projection(features.flatten(2).transpose(1, 2))
+    if sign_correction:
+        projection = sign_corrected(projection)
+    return projection.reshape(n, h, w)
+
+
+def eigencam(activations: Tensor, n_targets: int, sign_correction: bool = False) -> Tensor:
+    """Eigen-CAM: the principal component of ``A`` ``(B, C, h, w)``, repeated for each of the
+    ``n_targets`` targets → ``(B, K, h, w)`` (class-agnostic)."""
+    maps = eigen_map(activations, sign_correction)
+    return maps[:, None].expand(-1, n_targets, -1, -1)
+
+
+def eigengradcam(activations: Tensor, gradients: Tensor, sign_correction: bool = False) -> Tensor:
+    """EigenGrad-CAM: the principal component of ``G ⊙ A`` per target; ``(B, C, h, w)`` and
+    ``(B, K, C, h, w)`` → ``(B, K, h, w)`` (class-discriminative)."""
+    product = gradients * activations[:, None]
+    return eigen_map(product.flatten(0, 1), sign_correction).unflatten(0, gradients.shape[:2])
+
+
+def _check(sign_correction: bool) -> None:
+    if not isinstance(sign_correction, bool):
+        raise TypeError(f"sign_correction must be True or False, got {sign_correction!r}")
+
+
+def _eigencam(layer_pass: LayerPass, sign_correction: bool = False) -> Tensor:
+    _check(sign_correction)
+    return eigencam(layer_pass.activations, layer_pass.scores.shape[1], sign_correction)
+
+
+def _eigengradcam(layer_pass: LayerPass, sign_correction: bool = False) -> Tensor:
+    _check(sign_correction)
+    return eigengradcam(layer_pass.activations, layer_pass.gradients, sign_correction)
+
+
+register(Method(
+    "eigencam", "first principal component of the layer's activations (class-agnostic)",
+    "Bany Muhammad & Yeasin, Eigen-CAM, IJCNN 2020 (arXiv:2008.00299)", _eigencam,
+    options=("sign_correction",),
+))
+register(Method(
+    "eigengradcam", "first principal component of gradients times activations",
+    "pytorch-grad-cam's EigenGradCAM (Eigen-CAM on G ⊙ A)", _eigengradcam,
+    frozenset({GRADIENTS}), options=("sign_correction",),
+))

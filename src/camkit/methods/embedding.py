@@ -1,0 +1,49 @@
+"""Grad-CAM for embedding networks by weight transfer (Chen et al., WACV 2020; ALGORITHMS
+§2.4) as a registered method: the channel weights come from a fitted
+:class:`~camkit.embedding.WeightBank` instead of gradients, so the engine runs the forward
+pass without autograd and no backward pass at all."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..embedding.bank import WeightBank
+from ..embedding.transfer import transfer_raw_maps
+from ..embedding.weights import embedding_of
+from .registry import LayerPass, Method, register
+
+
+def _compute(layer_pass: LayerPass, bank: WeightBank | None = None, neighbours: int = 1,
+             transfer: str = "nn", n_clusters: int = 50, search: str = "auto") -> Tensor:
+    """Raw maps ``(B, K, h, w)`` from the weights of each image's nearest bank entries (the
+    map does not depend on the targets: the same map for all ``K``). The neighbours and
+    their distances and labels go to ``layer_pass.notes["embedding-gradcam"]``."""
+    if bank is None:
+        raise ValueError(
+            "embedding-gradcam needs a weight bank: camkit.explain(..., methods="
+            "['embedding-gradcam'], bank=bank) with bank = camkit.embedding.fit_weight_bank(...) "
+            "or WeightBank.load(path)")
+    if not isinstance(bank, WeightBank):
+        raise TypeError(f"bank must be a camkit.embedding.WeightBank, got {type(bank).__name__}")
+    embeddings = embedding_of(layer_pass.outputs)
+    bank.check_compatible(layer_pass.layer_name, layer_pass.activations.shape[1],
+                          embeddings.shape[1])
+    raw, transferred = transfer_raw_maps(bank, layer_pass.activations, embeddings,
+                                         neighbours=neighbours, transfer=transfer,
+                                         n_clusters=n_clusters, search=search)
+    labels = bank.labels.to(transferred.neighbours.device)
+    layer_pass.notes["embedding-gradcam"] = {
+        "neighbours": transferred.neighbours, "distances": transferred.distances,
+        "neighbour_labels": labels[transferred.neighbours] if transfer == "nn" else None,
+        "channels": transferred.channels, "weights": transferred.weights,
+    }
+    return raw.expand(-1, layer_pass.scores.shape[1], -1, -1)
+
+
+register(Method(
+    "embedding-gradcam", "triplet grad-weights of the nearest training image, transferred "
+    "without backpropagation (needs bank=)",
+    "Chen, Chen, Hajimirsadeghi & Mori, Adapting Grad-CAM for Embedding Networks, WACV 2020 "
+    "(arXiv:2001.06538)", _compute,
+    options=("bank", "neighbours", "transfer", "n_clusters", "search"),
+))

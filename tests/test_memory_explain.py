@@ -1,0 +1,205 @@
+"""M-CAM maps: Algorithm 1's slot search against a plain loop, exp(τ) weights, the map, the
+registered method and its refusals (ALGORITHMS §1.4-§1.6)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+import camkit
+import camkit.methods.mcam  # noqa: F401  (registers "mcam")
+from camkit.memory import (
+    BiasReducingMemory,
+    channel_similarity,
+    channel_weights,
+    draw_slot_noise,
+    mcam_raw_maps,
+    slot_search,
+)
+from camkit.methods.registry import LayerPass, get_method
+from tests.memory_fixtures import ShapeNet, random_memory, single_thread  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def cos(q: Tensor, keys: Tensor) -> Tensor:
+    """§1.2: ``q·K_n / (‖q‖ ‖K_n‖ + 1e-8)`` for one query ``(c,)`` and keys ``(N, c)``."""
+    return keys @ q / (keys.norm(dim=1) * q.norm() + 1e-8)
+
+
+def loop_search(memory: BiasReducingMemory, queries: Tensor, targets: Tensor,
+                noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Algorithm 1 as printed (§1.4), one image, one class and one slot at a time; 0-based,
+    and the argmax of the drops when no slot lowers the score (OP-6)."""
+    T, V, fc = memory.addr_temperature, memory.values, memory.fc
+    B, K = targets.shape
+    slots, found = torch.zeros(B, K, dtype=torch.long), torch.zeros(B, K, dtype=torch.bool)
+    drops = torch.zeros(B, K, memory.num_slots, dtype=queries.dtype)
+    for b in range(B):
+        q = queries[b]
+        p = (cos(q, memory.keys) / T).softmax(0)
+        z = fc(torch.cat([p @ V, q]))
+        for k in range(K):
+            c, best, n_hat = int(targets[b, k]), 0.0, None
+            for i in range(memory.num_slots):
+                keys = memory.keys.detach().clone()
+                keys[i] = noise[b, i]
+                p_i = (cos(q, keys) / T).softmax(0)
+                z_i = fc(torch.cat([p_i @ V, q]))
+                drops[b, k, i] = z[c] - z_i[c]
+                if best < z[c] - z_i[c]:
+                    best, n_hat = float(z[c] - z_i[c]), i
+            found[b, k] = n_hat is not None
+            slots[b, k] = n_hat if n_hat is not None else int(drops[b, k].argmax())
+    return slots, found, drops
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.05])
+def test_vectorised_slot_search_equals_algorithm_1_loop(temperature: float) -> None:
+    memory = random_memory(channels=8, classes=5, slots=7, temperature=temperature).double()
+    g = torch.Generator().manual_seed(1)
+    queries = torch.rand(4, 8, generator=g, dtype=torch.float64)
+    targets = torch.tensor([[0, 3], [4, 4], [1, 2], [2, 0]])
+    noise = draw_slot_noise(memory, 4, torch.Generator().manual_seed(2)).double()
+    with torch.no_grad():
+        fast = slot_search(memory, queries, targets, noise)
+        slots, found, drops = loop_search(memory, queries, targets, noise)
+    assert torch.allclose(fast.drops, drops, rtol=1e-9, atol=1e-12)
+    assert torch.equal(fast.slots, slots) and torch.equal(fast.found, found)
+    assert found.any()
+
+
+def test_mcam_raw_maps_uses_the_documented_noise() -> None:
+    memory = random_memory()
+    f = torch.rand(3, *memory.spatial.shape[1:], generator=torch.Generator().manual_seed(4))
+    targets = torch.tensor([[0, 1], [2, 3], [4, 0]])
+    _, info = mcam_raw_maps(memory, f, targets, torch.Generator().manual_seed(9))
+    noise = torch.randn((3, memory.num_slots, memory.channels),
+                        generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        slots, found, _ = loop_search(memory, f.mean(dim=(2, 3)), targets, noise)
+    assert torch.equal(info["slots"], slots) and torch.equal(info["found"], found)
+    again, info2 = mcam_raw_maps(memory, f, targets, torch.Generator().manual_seed(9))
+    assert torch.equal(info["slots"], info2["slots"])
+
+
+def test_no_slot_lowers_the_score_gives_found_false() -> None:
+    memory = random_memory()
+    with torch.no_grad():
+        memory.fc.weight[:, : memory.channels] = 0  # the read value no longer matters
+    f = torch.rand(2, *memory.spatial.shape[1:])
+    _, info = mcam_raw_maps(memory, f, torch.tensor([[0], [1]]), torch.Generator())
+    assert not info["found"].any()
+    assert torch.equal(info["slots"], torch.zeros(2, 1, dtype=torch.long))
+
+
+def test_channel_weights_lie_in_exp_range_and_degenerate_channels_get_one() -> None:
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(2, 5, 3, 3, generator=g)
+    f[0, 1] = 0  # dead activation channel
+    slot_maps = torch.randn(2, 3, 5, 3, 3, generator=g)
+    slot_maps[1, 2, 4] = 0  # dead dictionary channel
+    slot_maps[0, 0, 0] = 2 * f[0, 0]  # same direction → τ = 1
+    slot_maps[0, 0, 2] = -f[0, 2]  # opposite → τ = −1
+    tau = channel_similarity(f, slot_maps)
+    loop = torch.stack([torch.stack([torch.stack([
+        F.cosine_similarity(f[b, i].flatten(), slot_maps[b, k, i].flatten(), dim=0)
+        for i in range(5)]) for k in range(3)]) for b in range(2)])
+    assert torch.allclose(tau, loop, atol=1e-6)
+    w = channel_weights(tau)
+    assert w.min() >= math.exp(-1) and w.max() <= math.e
+    assert w[0, :, 1].eq(1).all() and w[1, 2, 4] == 1
+    assert w[0, 0, 0].item() == pytest.approx(math.e) and w[0, 0, 2].item() == pytest.approx(
+        math.exp(-1))
+
+
+def test_map_is_the_weighted_channel_sum_of_the_found_slot() -> None:
+    memory = random_memory()
+    f = torch.rand(2, *memory.spatial.shape[1:])
+    maps, info = mcam_raw_maps(memory, f, torch.tensor([[1, 2], [3, 4]]),
+                               torch.Generator().manual_seed(0))
+    assert maps.shape == (2, 2, 4, 5) and maps.dtype == torch.float32
+    w = info["weights"]
+    assert w.shape == (2, 2, memory.channels)
+    assert w.min() >= math.exp(-1) and w.max() <= math.e
+    for b in range(2):
+        for k in range(2):
+            slot = memory.spatial[info["slots"][b, k]]
+            tau = F.cosine_similarity(f[b].flatten(1), slot.flatten(1), dim=1)
+            expected = (tau.exp()[:, None, None] * f[b]).sum(0)
+            assert torch.allclose(maps[b, k], expected, atol=1e-5)
+
+
+def test_refuses_a_memory_for_another_shape() -> None:
+    memory = random_memory()
+    with pytest.raises(ValueError, match=r"layer 'features'.*\(6, 4, 5\).*8×10"):
+        mcam_raw_maps(memory, torch.rand(1, 6, 7, 7), torch.tensor([[0]]))
+    with pytest.raises(ValueError, match="trained on layer"):
+        memory(torch.rand(1, 3, 4, 5))
+
+
+@pytest.mark.parametrize("targets, error", [
+    (torch.tensor([[5]]), ValueError), (torch.tensor([[-1]]), ValueError),
+    (torch.tensor([0]), ValueError), (torch.tensor([[0.0]]), TypeError),
+])
+def test_refuses_bad_targets(targets: Tensor, error: type) -> None:
+    memory = random_memory()
+    with pytest.raises(error):
+        mcam_raw_maps(memory, torch.rand(1, 6, 4, 5), targets)
+
+
+def layer_pass(activations: Tensor, targets: Tensor | None) -> LayerPass:
+    def unused(*_args: object) -> Tensor:
+        raise AssertionError("mcam must not re-score")
+
+    return LayerPass(
+        activations=activations, gradients=None, input_gradients=None,
+        scores=torch.zeros(len(activations), 1), target_indices=targets, outputs=None,
+        inputs=None, model=torch.nn.Identity(), layer=torch.nn.Identity(), layer_name="features",
+        rescore_inputs=unused, rescore_activations=unused, input_size=(8, 10),
+        generator=torch.Generator().manual_seed(5),
+    )
+
+
+def test_registered_method_computes_maps_and_notes() -> None:
+    method = get_method("mcam")
+    assert method.options == ("memory",) and not method.needs
+    memory = random_memory()
+    f = torch.rand(2, 6, 4, 5)
+    lp = layer_pass(f, torch.tensor([[0], [3]]))
+    maps = method.compute(lp, memory=memory)
+    expected, info = mcam_raw_maps(memory, f, torch.tensor([[0], [3]]),
+                                   torch.Generator().manual_seed(5))
+    assert torch.equal(maps, expected)
+    assert torch.equal(lp.notes["mcam"]["slots"], info["slots"])
+
+
+def test_registered_method_refusals() -> None:
+    method = get_method("mcam")
+    f = torch.rand(1, 6, 4, 5)
+    with pytest.raises(ValueError, match="needs a trained memory"):
+        method.compute(layer_pass(f, torch.tensor([[0]])))
+    with pytest.raises(ValueError, match="custom score"):
+        method.compute(layer_pass(f, None), memory=random_memory())
+    with pytest.raises(TypeError, match="BiasReducingMemory"):
+        method.compute(layer_pass(f, torch.tensor([[0]])), memory="memory.safetensors")
+
+
+def test_explain_end_to_end_with_other_methods() -> None:
+    torch.manual_seed(0)
+    model = ShapeNet(classes=5, channels=6).eval()
+    x = torch.rand(2, 3, 32, 40)
+    memory = random_memory()  # features: (6, 4, 5) at 32×40 input
+    memory.input_size = (32, 40)
+    expl = camkit.explain(model, x, targets=[[0, 4], [1, 2]], methods=["mcam", "gradcam"],
+                          layer="features", memory=memory, seed=3)
+    assert expl["mcam"].shape == (2, 2, 32, 40)
+    assert expl["mcam"].min() >= 0 and expl["mcam"].max() <= 1
+    assert expl.details["mcam"]["slots"].shape == (2, 2)
+    again = camkit.explain(model, x, targets=[[0, 4], [1, 2]], methods=["mcam"],
+                           layer="features", memory=memory, seed=3)
+    assert torch.equal(expl["mcam"], again["mcam"])
