@@ -313,9 +313,14 @@ def maps(case: Case) -> list[Row]:
             value = max_diff(raw[method], theirs) / float(theirs.abs().max())
             unit = "max |Δ| / max |raw|"
         add(f"{method} vs {library}", value, unit, note, goal)
-    add("gradcam vs grad-cam as returned", max_diff(expl["gradcam"][:, 0],
-                                                    outputs["grad-cam", "gradcam"]), "max |Δ|",
-        "grad-cam normalises, resizes, normalises again; camkit resizes, then normalises", None)
+    public = expl["gradcam"][:, 0]
+    add("gradcam vs grad-cam as returned", max_diff(public, outputs["grad-cam", "gradcam"]),
+        "max |Δ|", "grad-cam normalises, resizes, normalises again: min-max is affine and "
+        "bilinear resizing commutes with it, so this equals camkit's resize-then-normalise", None)
+    add("gradcam vs torchcam as returned, resized", max_diff(
+        public, resize(outputs["torchcam", "gradcam"])), "max |Δ|", "torchcam normalises at "
+        "7×7; resizing after normalising loses the exact 0 and 1 (interior extremes are "
+        "never sampled exactly)", None)
 
     acts, grads = layer_pass(case, x, top1)
     magnitude = float(grads[grads != 0].abs().median())

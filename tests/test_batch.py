@@ -6,6 +6,8 @@ import argparse
 import fcntl
 import json
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,15 @@ from camkit.batch.cli import parse_options
 from camkit.batch.store import BatchResult, decode, encode
 
 SPEC = ModelSpec("mobilenet_v3_small", random_init=True)  # ~20 ms per 224² image on 1 core
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread: on a shared 2-core machine, spinning threads only waste time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
@@ -183,7 +194,8 @@ def test_python_data_sets_with_labels_ids_and_topk(tmp_path: Path) -> None:
     assert by_label.targets().flatten().tolist() == labels
     top = run_job(images, tmp_path / "top", target="top3", map_size=8)
     assert list(top) == ["0", "1", "2", "3", "4"] and top.maps("gradcam").shape == (5, 3, 8, 8)
-    logits = SPEC.load().model(torch.stack([SPEC.load().preprocess(i) for i in images]))
+    loaded = SPEC.load()
+    logits = loaded.model(torch.stack([loaded.preprocess(i) for i in images]))
     assert torch.equal(top.targets(), logits.topk(3, dim=1).indices)
     with pytest.raises(ValueError, match="target 'label' needs a label for every image"):
         run_job(images, tmp_path / "nolabel", target="label")
@@ -205,6 +217,8 @@ def test_python_data_sets_with_labels_ids_and_topk(tmp_path: Path) -> None:
     ({"workers": -1}, ValueError, "workers must be an integer >= 0"),
     ({"layer": "features.99"}, ValueError, "features"),
     ({"methods": "gradcma"}, ValueError, "Did you mean 'gradcam'"),
+    ({"methods": []}, ValueError, "methods is empty"),
+    ({"model": torch.nn.Linear(2, 2)}, TypeError, "ModelSpec or an architecture name"),
 ])
 def test_bad_input_gets_a_clear_error(tmp_path: Path, kwargs: dict, error: type,
                                       match: str) -> None:
@@ -216,6 +230,15 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path, kwargs: dict, error: type,
     with pytest.raises(error, match=match):
         run_job(data, tmp_path / "out", **kwargs)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_the_ray_engine_without_ray_says_how_to_install_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_images(tmp_path / "images", 1)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'camkit\[ray\]'"):
+        run_job(f"folder:{tmp_path / 'images'}", tmp_path / "out", engine="ray")
+    assert not (tmp_path / "out").exists()
 
 
 def test_duplicate_ids_are_refused(tmp_path: Path) -> None:

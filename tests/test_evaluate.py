@@ -17,6 +17,7 @@ from PIL import Image
 import camkit
 from camkit.data import quokka
 from camkit.evaluate import (
+    DEFAULT_METRICS,
     METRICS,
     Results,
     add_parser,
@@ -24,6 +25,7 @@ from camkit.evaluate import (
     available_metrics,
     data_from_spec,
     evaluate,
+    metrics_for,
 )
 from camkit.metrics import (
     Noise,
@@ -274,13 +276,20 @@ def test_cli_on_a_folder_with_a_class_folder_and_a_mask(tmp_path, capsys):
     photo.image.resize((96, 64)).save(tmp_path / "data" / "wombat" / "q.png")
     Image.fromarray(photo.mask).resize((96, 64)).save(tmp_path / "data" / "wombat" / "q.mask.png")
     rc = run_cli(["evaluate", "--data", f"folder:{tmp_path / 'data'}", "--methods", "gradcam",
-                  "--metrics", "auto", "--targets", "label", "--out", str(tmp_path / "o"),
+                  "--metrics", "energy-mask", "--targets", "label", "--out", str(tmp_path / "o"),
                   "--limit", "2"])
     document = json.loads((tmp_path / "o" / "results.json").read_text())
     assert rc == 0
     assert document["settings"]["skipped (no positive class)"] == 1
     assert document["per_sample"]["gradcam"]["pairs"] == [["q.png", 106]]
-    assert "energy-mask" in document["settings"]["metrics"]
+    assert document["rows"][0]["mean"] > 0
+
+
+def test_auto_metrics_follow_the_regions_of_the_data():
+    assert metrics_for("auto", ()) == list(DEFAULT_METRICS)
+    assert metrics_for("auto", ("mask", "box"))[-4:] == [
+        "energy-mask", "pointing-mask", "energy-box", "pointing-box"]
+    assert metrics_for("deletion, insertion", ("mask",)) == ["deletion", "insertion"]
 
 
 def test_imagenet_samples_spec():
@@ -288,3 +297,15 @@ def test_imagenet_samples_spec():
     assert len(data) == 20 and kinds == ()
     item = data[0]
     assert item["image"].shape == (3, 224, 224) and 0 <= item["label"] < 1000
+
+
+def test_synthetic_multilabel_tuples_with_class_masks(model):
+    from camkit.data.synthetic import SyntheticMultiLabel
+
+    data = SyntheticMultiLabel(4, image_size=16, num_classes=CLASSES, seed=3)
+    results = evaluate(model, data, ["gradcam"], ["energy-mask", "energy-leak"], "features",
+                       progress=False)
+    positives = sum(int(data[i][1].sum()) for i in range(len(data)))
+    assert not results.failures
+    assert len(results.pairs["gradcam"]) == positives
+    assert np.isfinite(results.values["gradcam"]["energy-mask"]).all()

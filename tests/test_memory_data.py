@@ -92,6 +92,10 @@ def test_coco_refuses_other_json(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match="not a COCO instances file"):
         MultiLabelImages.from_coco(tmp_path / "x.json", tmp_path)
+    (tmp_path / "z.json").write_text(json.dumps({
+        "images": [], "categories": [], "annotations": [{"id": 5, "image_id": 1}]}))
+    with pytest.raises(ValueError, match="annotation 5 refers to an image or category"):
+        MultiLabelImages.from_coco(tmp_path / "z.json", tmp_path)
     (tmp_path / "y.json").write_text("{broken")
     with pytest.raises(ValueError, match="not valid JSON"):
         MultiLabelImages.from_coco(tmp_path / "y.json", tmp_path)

@@ -166,7 +166,7 @@ class Failure:
 
     sample: str
     method: str | None
-    stage: str  # "load", "targets", "explain" or a metric name
+    stage: str  # "load", "explain" or a metric name
     error: str
 
 
@@ -572,11 +572,12 @@ class Results:
             timing.append(_md_row([method, *[_ms(self.seconds_per_image(method, m))
                                              for m in self.metrics]]))
         settings = "; ".join(f"{k}: {v}" for k, v in self.settings.items())
+        unit = "runs' means" if "runs" in self.settings else "(image, class) pairs"
         parts = [
             "# Evaluation", "", settings, "",
-            "Mean ± half-width of the 95 % confidence interval (Student t over the (image, "
-            "class) pairs); `n` is shown where some pairs were undefined (no annotation, "
-            "confidence below 1e-3) or failed. ↑ higher is better, ↓ lower is better.", "",
+            f"Mean ± half-width of the 95 % confidence interval (Student t over the {unit}); "
+            "`n` is shown where some values were undefined (no annotation, confidence below "
+            "1e-3) or failed. ↑ higher is better, ↓ lower is better.", "",
             *lines, "", "## Metric time per image (ms)", "", *timing, "",
             f"Wall time {self.wall_seconds:.2f} s, of which {self.harness_seconds:.2f} s "
             "outside explanations and metrics (loading, stacking, bookkeeping). Constant maps "
@@ -1017,6 +1018,15 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def metrics_for(text: str, kinds: Sequence[str]) -> list[str]:
+    """The ``--metrics`` list; ``auto`` = :data:`DEFAULT_METRICS` and the localisation metrics
+    of the region kinds the data annotates."""
+    names = _names(text)
+    if names != ["auto"]:
+        return names
+    return [*DEFAULT_METRICS, *(m for kind in kinds for m in REGION_METRICS[kind])]
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """The ``camkit evaluate`` subcommand."""
     ev = subparsers.add_parser(
@@ -1051,11 +1061,9 @@ def run(args: argparse.Namespace) -> int:
     some samples failed (their results are still written)."""
     loaded = load_model(args.arch, args.weights)
     data, kinds = data_from_spec(args.data, loaded)
-    metrics = _names(args.metrics)
-    if metrics == ["auto"]:
-        metrics = [*DEFAULT_METRICS, *(m for kind in kinds for m in REGION_METRICS[kind])]
     results = evaluate(
-        loaded.model, data, _names(args.methods), metrics, args.layer or loaded.layer,
+        loaded.model, data, _names(args.methods), metrics_for(args.metrics, kinds),
+        args.layer or loaded.layer,
         targets=args.targets, confidence=None if args.confidence == "auto" else args.confidence,
         batch_size=args.batch_size, seed=args.seed, limit=args.limit, progress=args.progress)
     results.settings = {"data": args.data, "model": args.arch, **results.settings}

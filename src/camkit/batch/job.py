@@ -130,6 +130,8 @@ class Job:
                map_size: int | None) -> Job:
         """Check every setting against the loaded model before anything runs."""
         names = [methods] if isinstance(methods, str) else list(methods)
+        if not names:
+            raise ValueError("methods is empty; name at least one (camkit methods lists them)")
         chosen = [registry.get_method(n) for n in names]
         api._options_for(chosen, options)  # unknown options: the engine's own message
         _check_json(options)

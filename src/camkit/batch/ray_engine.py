@@ -61,12 +61,13 @@ class Explainer:
         return {"result": np.array(results, dtype=object)}
 
 
-def resources(ray: Any, actors: int | None) -> dict[str, Any]:
+def resources(ray: Any, actors: int | None, batches: int) -> dict[str, Any]:
     """How many actors, and what each one holds: one GPU per actor when the cluster has GPUs
-    (one actor per GPU by default), else one CPU per actor (one actor per CPU)."""
+    (by default one actor per GPU), else one CPU per actor (by default one per CPU); never
+    more actors by default than batches."""
     cluster = ray.cluster_resources()
     gpus, cpus = int(cluster.get("GPU", 0)), max(1, int(cluster.get("CPU", 1)))
-    size = actors if actors is not None else (gpus or cpus)
+    size = actors if actors is not None else min(gpus or cpus, batches)
     if size < 1:
         raise ValueError(f"ray_actors must be at least 1, got {size}")
     return {"size": size, "num_gpus": 1 if gpus else 0, "num_cpus": 1}
@@ -109,7 +110,7 @@ def run(job: Job, source: Source, ranges: list[Range], *, address: str | None = 
     if not ranges:
         return
     with connected(ray, address), _quiet_data_context(ray):
-        pool = resources(ray, actors)
+        pool = resources(ray, actors, len(ranges))
         rows = ray.data.from_items([{"start": a, "stop": b} for a, b in ranges],
                                    override_num_blocks=len(ranges))
         explained = rows.map_batches(

@@ -81,18 +81,14 @@ def explain_dataset(
     Returns:
         The folder's :class:`Results` (maps by image id).
     """
-    for name, value, least in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1),
-                               ("workers", workers, 0)):
-        _check_count(name, value, least)
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    _check_arguments(batch_size, shard_size, workers, engine)
     source = as_source(data, ids)
-    spec = ModelSpec(model) if isinstance(model, str) else model
+    spec = as_model_spec(model)
     loaded = spec.load()
     job = Job.create(spec, loaded, methods, layer, target, options or {}, map_size)
     settings = job.settings() | {"data": fingerprint(source.ids), "shard_size": shard_size}
-    info = {"data": source.describe(), "weights_file": spec.weights and os.path.abspath(
-        spec.weights)}
+    info = {"data": source.describe(),
+            "weights_file": spec.weights and os.path.abspath(spec.weights)}
     with Store.open(Path(out), settings, source.ids, info, versions()) as store:
         ranges = plan_batches(store.pending, batch_size)
         if engine == "local":
@@ -107,9 +103,28 @@ def explain_dataset(
     return open_results(out)
 
 
-def _check_count(name: str, value: int, least: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+def _check_arguments(batch_size: int, shard_size: int, workers: int, engine: str) -> None:
+    for name, value, least in (("batch_size", batch_size, 1), ("shard_size", shard_size, 1),
+                               ("workers", workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "ray":
+        from . import ray_engine
+
+        ray_engine.import_ray()
+
+
+def as_model_spec(model: ModelSpec | str) -> ModelSpec:
+    """A :class:`ModelSpec` from itself or an architecture name."""
+    spec = ModelSpec(model) if isinstance(model, str) else model
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"model must be a ModelSpec or an architecture name, got "
+                        f"{type(model).__name__}: every worker rebuilds the model from "
+                        "camkit.zoo.load_model's arguments, e.g. ModelSpec('resnet50', "
+                        "weights='resnet50.pth')")
+    return spec
 
 
 def versions() -> dict[str, str]:

@@ -235,14 +235,17 @@ class Store:
         return [s for s in self.shards if not s["complete"]]
 
     def recheck(self) -> None:
-        """Mark as pending any complete shard whose file is missing or of the wrong size."""
-        for entry in self.shards:
-            path = self.root / entry["file"]
-            if entry["complete"] and (not path.is_file()
-                                      or path.stat().st_size != entry["bytes"]):
-                warnings.warn(f"{path} is missing or damaged; it will be recomputed",
-                              RuntimeWarning, stacklevel=3)
-                entry.update(complete=False)
+        """Mark as pending (in the manifest on disk too) any complete shard whose file is
+        missing or of the wrong size."""
+        damaged = [entry for entry in self.shards if entry["complete"] and not _intact(
+            self.root / entry["file"], entry["bytes"])]
+        for entry in damaged:
+            warnings.warn(f"{self.root / entry['file']} is missing or damaged; it will be "
+                          "recomputed", RuntimeWarning, stacklevel=4)
+            entry.update(complete=False)
+        if damaged:
+            self.manifest["complete"] = False
+            write_json(self.root / MANIFEST, self.manifest)
 
     def write_shard(self, shard: int, result: BatchResult) -> None:
         """Write shard ``shard`` (its file first, then the manifest entry that lists it)."""
@@ -269,6 +272,10 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _intact(path: Path, size: int) -> bool:
+    return path.is_file() and path.stat().st_size == size
 
 
 def _take_lock(root: Path) -> int:

@@ -180,6 +180,9 @@ class MultiLabelImages(Dataset):
         for ann in data["annotations"]:
             if ann.get("iscrowd", 0) and not include_crowd:
                 continue
+            if ann.get("image_id") not in row_of or ann.get("category_id") not in index_of:
+                raise ValueError(f"{annotation_file}: annotation {ann.get('id')!r} refers to an "
+                                 "image or category that the file does not list")
             x, y, w, h = ann.get("bbox", [math.nan] * 4)
             boxes[row_of[ann["image_id"]]].append([index_of[ann["category_id"]], x, y, x + w,
                                                    y + h])

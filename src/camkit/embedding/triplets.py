@@ -49,6 +49,7 @@ def as_labels(labels: Sequence[int] | Tensor, n: int | None = None) -> Tensor:
     """``labels`` as a 1-D int64 tensor, checked for triplets: every anchor needs a positive
     (its class has two or more images) and a negative (two or more classes)."""
     labels = torch.as_tensor(labels)
+    labels = labels.long() if labels.numel() == 0 else labels
     if labels.dim() != 1 or labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be a 1-D sequence of class integers, got "
                          f"{labels.dtype} {tuple(labels.shape)}")

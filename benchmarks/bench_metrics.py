@@ -1,0 +1,127 @@
+"""Metrics and the evaluation harness: time per image of each metric, and the harness's
+overhead over bare ``camkit.explain`` calls.
+
+Model: the pretrained EfficientNet-Lite0 from PyPI (layer ``_bn1.act``, 1280×7×7) on the
+first 8 of foolbox's real ImageNet photos (224×224), the six gradient methods, each image
+explained for its predicted class.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+import torch
+
+import camkit
+from camkit.evaluate import DEFAULT_METRICS, data_from_spec, evaluate
+from camkit.zoo import load_model
+from common import Row, interleaved_samples, median_time, paired_ratio, row, setup
+
+TIME, OVERHEAD = "metric-time", "harness-overhead"
+SIX = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
+# Model evaluations per image and target that each metric needs at its defaults (the floor).
+EVALUATIONS = {
+    "average-drop": "1 forward (the masked image; Y comes from the explanation's own forward)",
+    "increase-in-confidence": "0 (shares Average Drop's forward)",
+    "deletion": "17 forwards (16 steps + the start)",
+    "insertion": "17 forwards (16 steps + the start) and a blur",
+    "infidelity": "10 forwards per image, shared by all methods (so 10/6 per method)",
+    "infidelity-normalized": "0 (shares infidelity's forwards)",
+    "sensitivity": "10 explanations of perturbed copies",
+}
+
+DESCRIPTIONS = {
+    TIME: (
+        "`camkit.evaluate` with all seven default metrics at their defaults (deletion and "
+        "insertion 16 steps, infidelity σ = 0.2 with 10 draws, sensitivity radius 0.02 with 10 "
+        "draws), batch of 8 images, 6 methods (cam, gradcam, gradcam++, xgradcam, layercam, "
+        "hirescam). Value: the metric's milliseconds per image, averaged over the 6 methods "
+        "(the range over methods is in the note), from the harness's own per-metric clocks in "
+        "one run. The note relates it to one no-grad forward pass per image (batch of 8, "
+        "measured in the same run) and names the model evaluations the metric needs."
+    ),
+    OVERHEAD: (
+        "Wall time of `camkit.evaluate(model, items, six methods, metrics=[])` on 8 preloaded "
+        "image tensors against the bare calls it makes, `camkit.explain(model, x, None, "
+        "[method], layer)` for each method on the same batch; the value is the median over "
+        "rounds of the per-round ratio minus 1, in % (timed round-robin). The harness adds: "
+        "validating and stacking the samples, the progress counter, per-method clocks, and the "
+        "bookkeeping of per-sample values. The row with metrics compares `evaluate` with Average "
+        "Drop and Increase in Confidence against bare `explain` + `average_drop` + "
+        "`increase_in_confidence` calls (the harness shares the masked forward and reuses the "
+        "explanation's forward for Y, so it can be faster: a negative overhead)."
+    ),
+}
+
+
+def images(n: int) -> tuple[torch.nn.Module, str, list[dict], torch.Tensor]:
+    loaded = load_model("efficientnet-lite0")
+    data, _ = data_from_spec("imagenet-samples", loaded)
+    items = [{"image": data[i]["image"], "name": data[i]["name"]} for i in range(n)]
+    return loaded.model, loaded.layer, items, torch.stack([it["image"] for it in items])
+
+
+def metric_times(model: torch.nn.Module, layer: str, items: list[dict], x: torch.Tensor
+                 ) -> list[Row]:
+    results = evaluate(model, items, SIX, DEFAULT_METRICS, layer, batch_size=len(items),
+                       progress=False)
+    with torch.no_grad():
+        forward = median_time(lambda: model(x)) / len(items)
+    rows = [row(TIME, f"forward pass (no grad, batch of {len(items)})", 1000 * forward, "ms/img",
+                "the unit of the notes below")]
+    explain = [results.seconds_per_image(m) for m in SIX]
+    rows.append(row(TIME, "explain (one method)", 1000 * statistics.mean(explain), "ms/img",
+                    f"range {1000 * min(explain):.1f}–{1000 * max(explain):.1f} over methods"))
+    for metric in DEFAULT_METRICS:
+        per_method = [results.seconds_per_image(m, metric) for m in SIX]
+        mean = statistics.mean(per_method)
+        note = (f"range {1000 * min(per_method):.1f}–{1000 * max(per_method):.1f} over methods; "
+                f"{mean / forward:.1f} forward passes; needs {EVALUATIONS[metric]}")
+        rows.append(row(TIME, metric, 1000 * mean, "ms/img", note))
+    failed = len(results.failures)
+    rows.append(row(TIME, "failures", failed, "count", "samples that failed (expected 0)",
+                    "<= 0"))
+    return rows
+
+
+def overhead(model: torch.nn.Module, layer: str, items: list[dict], x: torch.Tensor
+             ) -> list[Row]:
+    def bare() -> None:
+        for method in SIX:
+            camkit.explain(model, x, None, [method], layer)
+
+    def harness() -> None:
+        evaluate(model, items, SIX, [], layer, batch_size=len(items), progress=False)
+
+    def bare_with_metrics() -> None:
+        for method in SIX:
+            expl = camkit.explain(model, x, None, [method], layer)
+            camkit.metrics.average_drop(model, x, expl[method], expl.targets)
+            camkit.metrics.increase_in_confidence(model, x, expl[method], expl.targets)
+
+    def harness_with_metrics() -> None:
+        evaluate(model, items, SIX, ["average-drop", "increase-in-confidence"], layer,
+                 batch_size=len(items), progress=False)
+
+    times = interleaved_samples({"bare": bare, "harness": harness,
+                                 "bare+metrics": bare_with_metrics,
+                                 "harness+metrics": harness_with_metrics})
+    plain = 100 * (paired_ratio(times["harness"], times["bare"]) - 1)
+    with_metrics = 100 * (paired_ratio(times["harness+metrics"], times["bare+metrics"]) - 1)
+    bare_ms = 1000 * statistics.median(times["bare"])
+    return [
+        row(OVERHEAD, "harness over bare explain calls (8 images, 6 methods)", plain, "%",
+            f"bare calls {bare_ms:.0f} ms per round", "<= 10"),
+        row(OVERHEAD, "harness with average-drop + increase-in-confidence over bare calls",
+            with_metrics, "%",
+            f"bare explain + metric calls {1000 * statistics.median(times['bare+metrics']):.0f} "
+            "ms per round"),
+    ]
+
+
+def run() -> list[Row]:
+    setup(0)
+    n = 2 if os.environ.get("BENCH_QUICK") == "1" else 8
+    model, layer, items, x = images(n)
+    return metric_times(model, layer, items, x) + overhead(model, layer, items, x)
