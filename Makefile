@@ -12,6 +12,8 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 # and never imported, only read from disk.
 SAMPLES := foolbox==3.3.4 imgaug==0.4.0
 CHROMEDRIVER := /usr/bin/chromedriver
+# Debian's Fashion-MNIST (real labelled images for the embedding and mosaic data sets).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test bench lint clean venv
@@ -21,11 +23,11 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[models,test]"
+	$(PIP) install -q -e ".[models,test,faiss,ray]"
 	$(PIP) install -q --no-deps $(SAMPLES)
 	touch $(STAMP)
 
-test: $(STAMP) $(CHROMEDRIVER)
+test: $(STAMP) $(CHROMEDRIVER) $(FASHION_MNIST)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest
 
@@ -34,6 +36,10 @@ test: $(STAMP) $(CHROMEDRIVER)
 $(CHROMEDRIVER):
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+
+$(FASHION_MNIST):
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist
 
 demo: $(STAMP)
 	$(VENV)/bin/camkit demo

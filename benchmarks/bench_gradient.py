@@ -56,7 +56,10 @@ DESCRIPTIONS = {
         "`as returned` rows compare camkit's public maps (resize first, then normalise, "
         "ALGORITHMS §0) with the other library's public maps. Where definitions differ, an "
         "`explained` row recomputes the other library's variant from the same activations and "
-        "gradients: if it matches, the named quirk is the whole difference."
+        "gradients: if it matches, the named quirk is the whole difference. EfficientNet-Lite0 "
+        "is compared at `_bn1` because its post-activation head output comes from `_swish`, "
+        "one ReLU6 module called twice (stem and head): camkit, torchcam and captum use its "
+        "last call (1280×7×7), grad-cam silently uses the first (the 32×112×112 stem)."
     ),
 }
 
@@ -327,8 +330,8 @@ def maps(case: Case) -> list[Row]:
     add("gradcam++ explained: eps=1e-6 vs grad-cam",
         max_diff(as_gradcam_lib(gradcampp_eps(acts, grads, 1e-6)),
                  outputs["grad-cam", "gradcam++"]), "max |Δ|",
-        f"median |g| = {magnitude:.1e}, so g² ≈ {magnitude ** 2:.0e} against eps = 1e-6: "
-        "α ≈ g²/eps instead of 1/(2 + ΣA·g)")
+        f"median |g| = {magnitude:.1e}, g² ≈ {magnitude ** 2:.0e}: wherever g² is not ≫ "
+        "eps = 1e-6 the eps shrinks α (towards g²/eps) from the paper's 1/(2 + ΣA·g)")
     add("gradcam++ explained: α = g² vs torchcam",
         max_diff(as_torchcam(gradcampp_torchcam(acts, grads), True),
                  outputs["torchcam", "gradcam++"]), "max |Δ|",

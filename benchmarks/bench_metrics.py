@@ -16,9 +16,10 @@ import torch
 import camkit
 from camkit.evaluate import DEFAULT_METRICS, data_from_spec, evaluate
 from camkit.zoo import load_model
-from common import Row, interleaved_samples, median_time, paired_ratio, row, setup
+from common import Row, interleaved_samples, median_time, paired_ratio, row, settings, setup
 
 TIME, OVERHEAD = "metric-time", "harness-overhead"
+ROUNDS = 9  # timed rounds of the overhead comparison (each runs 4 × 6 explanations of 8 images)
 SIX = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 # Model evaluations per image and target that each metric needs at its defaults (the floor).
 EVALUATIONS = {
@@ -44,8 +45,9 @@ DESCRIPTIONS = {
     OVERHEAD: (
         "Wall time of `camkit.evaluate(model, items, six methods, metrics=[])` on 8 preloaded "
         "image tensors against the bare calls it makes, `camkit.explain(model, x, None, "
-        "[method], layer)` for each method on the same batch; the value is the median over "
-        "rounds of the per-round ratio minus 1, in % (timed round-robin). The harness adds: "
+        "[method], layer)` for each method on the same batch; the value is the median over 9 "
+        "rounds (3 with --quick) of the per-round ratio minus 1, in % (timed round-robin after "
+        "one warm-up round). The harness adds: "
         "validating and stacking the samples, the progress counter, per-method clocks, and the "
         "bookkeeping of per-sample values. The row with metrics compares `evaluate` with Average "
         "Drop and Increase in Confidence against bare `explain` + `average_drop` + "
@@ -104,9 +106,11 @@ def overhead(model: torch.nn.Module, layer: str, items: list[dict], x: torch.Ten
         evaluate(model, items, SIX, ["average-drop", "increase-in-confidence"], layer,
                  batch_size=len(items), progress=False)
 
+    _, repeats = settings()
     times = interleaved_samples({"bare": bare, "harness": harness,
                                  "bare+metrics": bare_with_metrics,
-                                 "harness+metrics": harness_with_metrics})
+                                 "harness+metrics": harness_with_metrics},
+                                warmup=1, repeats=min(repeats, ROUNDS))
     plain = 100 * (paired_ratio(times["harness"], times["bare"]) - 1)
     with_metrics = 100 * (paired_ratio(times["harness+metrics"], times["bare+metrics"]) - 1)
     bare_ms = 1000 * statistics.median(times["bare"])

@@ -10,10 +10,14 @@ inputs: real ImageNet photos shipped in ``foolbox`` (seeded noise when it is mis
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import statistics
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torchvision
@@ -21,9 +25,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import camkit
-from camkit.methods.batching import DEFAULT_MAX_BATCH_MEMORY
+from camkit import data, folding, zoo
+from camkit.methods.batching import DEFAULT_MAX_BATCH_MEMORY, Batching, forward_bytes
 from camkit.methods.score import channel_softmax_weights
-from common import Row, interleaved_samples, paired_ratio, peak_rss_mib, row, setup
+from common import Row, interleaved_samples, paired_ratio, row, setup
 
 SCORE, MEMORY, ABLATION, EIGEN = ("scorecam-speed", "scorecam-memory", "ablationcam-speed",
                                   "eigencam-speed")
@@ -33,20 +38,24 @@ DESCRIPTIONS = {
     SCORE: (
         "Score-CAM on resnet18 `layer4` (512 channels, 7×7), one 224×224 image, its top-1 "
         "class: 512 masked forward passes for every library. camkit as called by default "
-        "(`weight=\"class_prob\"`, batches from the 512 MiB budget, channels-last masked "
-        "inputs); grad-cam `ScoreCAM` (default batch 16) and torchcam `ScoreCAM` (default batch "
-        "32) as their documentation shows. Times are medians of round-robin rounds; ratios are "
+        "(`weight=\"class_prob\"`, batches from the 512 MiB budget, masked inputs and a "
+        "batch-norm-folded copy of the model in channels-last layout); grad-cam `ScoreCAM` "
+        "(default batch 16) and torchcam `ScoreCAM` (default batch 32) as their documentation "
+        "shows. Times are medians of round-robin rounds; ratios are "
         "medians of per-round ratios. Map rows compare camkit's `channel_softmax` weighting "
         "(the one both libraries implement) through each library's post-processing; the "
         "`explained` rows feed each library's own masks (grad-cam: bilinear upsampling with "
         "`align_corners=True`; torchcam: normalise at 7×7, then upsample) through camkit's "
-        "weighting and map functions. Quality rows use 4 photos."
+        "weighting and map functions. Quality rows use 4 photos. `layout` rows time one masked "
+        "batch of camkit's default size through resnet18 per memory layout and precision."
     ),
     MEMORY: (
         "Peak resident memory added by one Score-CAM call on resnet50 `layer4` (2048 "
-        "channels), one 224×224 image, measured in a forked child process (the model is "
-        "loaded before the fork and not counted). camkit with its default 512 MiB batch "
-        "budget; grad-cam materialises all 2048 masked images at once."
+        "channels), one 224×224 image, measured in a child process (the model is "
+        "loaded before the measurement starts and not counted). Each call runs in its own "
+        "spawned interpreter. camkit with its default 512 MiB batch budget (and a folded copy "
+        "of the model for the masked passes); grad-cam materialises all 2048 masked images at "
+        "once."
     ),
     ABLATION: (
         "Ablation-CAM on resnet50 `layer4`, one 224×224 image, top-1 class: 2048 ablations. "
@@ -67,11 +76,11 @@ DESCRIPTIONS = {
 def photos(n: int) -> Tensor:
     """``(n, 3, 224, 224)`` normalised ImageNet photos (seeded noise without foolbox)."""
     try:
-        files = camkit.data.imagenet_samples()[:n]
+        files = data.imagenet_samples()[:n]
     except (ModuleNotFoundError, FileNotFoundError):
         return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    preprocess = camkit.data.Preprocess()
-    return torch.stack([preprocess(camkit.data.load_image(f.path)) for f in files])
+    preprocess = data.Preprocess()
+    return torch.stack([preprocess(data.load_image(f.path)) for f in files])
 
 
 def resnet(name: str) -> nn.Module:
@@ -187,7 +196,7 @@ def torchcam_masks(acts: Tensor) -> Tensor:
                          align_corners=False)[0]
 
 
-def scorecam_speed(model: nn.Module, x: Tensor, repeats: int) -> tuple[list[Row], dict]:
+def scorecam_speed(model: nn.Module, x: Tensor, repeats: int) -> list[Row]:
     classes = top1(model, x)
     calls: dict[str, Callable[[], object]] = {
         "camkit fp32": lambda: camkit_call(model, x, classes, "scorecam"),
@@ -211,24 +220,68 @@ def scorecam_speed(model: nn.Module, x: Tensor, repeats: int) -> tuple[list[Row]
         row(SCORE, "camkit max_channels=64 speed-up over all 512 channels",
             paired_ratio(times["camkit fp32"], times["camkit max_channels=64"]), "×"),
     ]
-    return rows, calls
+    return rows
 
 
-def scorecam_quality(model: nn.Module) -> list[Row]:
-    x = photos(4)
+def layout_effect(model: nn.Module, repeats: int) -> list[Row]:
+    """One masked batch of the size camkit picks by default, through resnet18, per layout,
+    batch-norm folding and precision, as ratios to the plain model on contiguous (NCHW) inputs
+    in float32."""
+    x = photos(1)
+    size = Batching().size_for(forward_bytes((x,)))
+    masks = torch.rand(size, 1, 224, 224, generator=torch.Generator().manual_seed(0))
+    batch = x * masks
+    channels_last = batch.contiguous(memory_format=torch.channels_last)
+    plain_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    folded = folding.folded_copy(model)
+
+    def forward(net: nn.Module, inputs: Tensor, bf16: bool) -> Callable[[], object]:
+        def call() -> None:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                net(inputs)
+        return call
+
+    times = interleaved_samples({
+        "plain, contiguous, fp32": forward(model, batch, False),
+        "plain, channels-last input, fp32": forward(model, channels_last, False),
+        "plain, channels-last input and weights, fp32": forward(plain_last, channels_last, False),
+        "folded, channels-last, fp32 (camkit)": forward(folded, channels_last, False),
+        "plain, contiguous, bf16": forward(model, batch, True),
+        "plain, channels-last, bf16": forward(plain_last, channels_last, True),
+        "folded, channels-last, bf16 (camkit)": forward(folded, channels_last, True),
+    }, 1, repeats)
+    base = times["plain, contiguous, fp32"]
+    return [row(SCORE, f"layout: {name} / plain contiguous fp32", paired_ratio(t, base), "×",
+                f"one batch of {size} masked 224² images") for name, t in times.items()
+            if t is not base]
+
+
+def scorecam_quality(name: str, model: nn.Module, layer: str, x: Tensor) -> list[Row]:
+    """bf16 and max_channels=64 maps against fp32 maps with all channels (4 photos)."""
     classes = top1(model, x)
-    fp32 = camkit_call(model, x, classes, "scorecam")["scorecam"][:, 0]
-    bf16 = camkit_call(model, x, classes, "scorecam", precision="bf16")["scorecam"][:, 0]
-    fast = camkit_call(model, x, classes, "scorecam", max_channels=64)["scorecam"][:, 0]
-    rho_bf16 = [spearman(a, b) for a, b in zip(bf16, fp32, strict=True)]
-    rho_fast = [spearman(a, b) for a, b in zip(fast, fp32, strict=True)]
-    return [
-        row(SCORE, "bf16 vs fp32 maps: lowest Spearman ρ (4 photos)", min(rho_bf16), "ρ",
-            f"mean {statistics.mean(rho_bf16):.4f}; max |Δ| {max_diff(bf16, fp32):.3f}",
-            ">= 0.99"),
-        row(SCORE, "max_channels=64 vs all channels: lowest Spearman ρ (4 photos)",
-            min(rho_fast), "ρ", f"mean {statistics.mean(rho_fast):.4f}"),
-    ]
+
+    def maps(**options: object) -> Tensor:
+        with quiet():
+            return camkit.explain(model, x, classes, "scorecam", layer, **options)["scorecam"][:, 0]
+
+    fp32 = maps()
+    rows = []
+    for label, options, goal in [("bf16", {"precision": "bf16"}, ">= 0.99"),
+                                 ("max_channels=64", {"max_channels": 64}, None)]:
+        other = maps(**options)
+        rho = [spearman(a, b) for a, b in zip(other, fp32, strict=True)]
+        rows.append(row(SCORE, f"{name}: {label} vs fp32 all channels, lowest Spearman ρ", min(rho),
+                        "ρ", f"4 photos, mean {statistics.mean(rho):.4f}, max |Δ| "
+                        f"{max_diff(other, fp32):.2e}", goal))
+    return rows
+
+
+def pretrained_lite0() -> tuple[nn.Module, str, Tensor]:
+    """EfficientNet-Lite0 with its packaged ImageNet weights, default layer, 4 photos."""
+    loaded = zoo.load_model("efficientnet-lite0")
+    files = data.imagenet_samples()[:4]
+    x = torch.stack([loaded.preprocess(data.load_image(f.path)) for f in files])
+    return loaded.model, loaded.layer, x
 
 
 def scorecam_maps(model: nn.Module) -> list[Row]:
@@ -255,17 +308,42 @@ def scorecam_maps(model: nn.Module) -> list[Row]:
     return rows
 
 
-def scorecam_memory() -> list[Row]:
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def _measure_peak(library: str) -> None:
+    """In a fresh child process: build resnet50 and the input, reset the peak counter, run one
+    Score-CAM call and print the growth of the peak RSS in MiB (Linux)."""
     model = resnet("resnet50")
     x = photos(1)
     classes = top1(model, x)
-    ours = peak_rss_mib(lambda: camkit_call(model, x, classes, "scorecam"))
-    theirs = peak_rss_mib(lambda: gradcam_lib("scorecam", model, x, classes))
+    calls = {"camkit": lambda: camkit_call(model, x, classes, "scorecam"),
+             "grad-cam": lambda: gradcam_lib("scorecam", model, x, classes)}
+    with open("/proc/self/clear_refs", "w") as refs:  # reset VmHWM to the current RSS
+        refs.write("5")
+    before = _rss_kib("VmRSS")
+    calls[library]()
+    print((_rss_kib("VmHWM") - before) / 1024)
+
+
+def peak_rss_mib(library: str) -> float:
+    """:func:`_measure_peak` in a spawned interpreter (a fork would inherit the OpenMP
+    thread pool, which hangs)."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--peak-memory",
+                           library], capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def scorecam_memory() -> list[Row]:
+    ours, theirs = peak_rss_mib("camkit"), peak_rss_mib("grad-cam")
     budget = DEFAULT_MAX_BATCH_MEMORY / 2**20
-    model_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    model_mib = sum(p.numel() * p.element_size()
+                    for p in resnet("resnet50").parameters()) / 2**20
     return [
         row(MEMORY, "resnet50 b1: camkit Score-CAM peak RSS added", ours, "MiB",
-            f"budget {budget:.0f} MiB + model {model_mib:.0f} MiB",
+            f"budget {budget:.0f} MiB + model {model_mib:.0f} MiB (the folded copy)",
             f"<= {budget + model_mib:.0f}"),
         row(MEMORY, "resnet50 b1: grad-cam Score-CAM peak RSS added", theirs, "MiB"),
         row(MEMORY, "camkit / grad-cam peak memory", ours / theirs, "×", "", "< 1"),
@@ -326,17 +404,23 @@ def eigencam(repeats: int) -> list[Row]:
 def run(repeats: int = 3) -> list[Row]:
     """All rows; ``repeats`` rounds per timing (the slow grad-cam Ablation-CAM runs once)."""
     setup(0)
+    rows = scorecam_memory()
     resnet18 = resnet("resnet18")
-    rows, _ = scorecam_speed(resnet18, photos(1), repeats)
-    rows += scorecam_quality(resnet18)
+    rows += scorecam_speed(resnet18, photos(1), repeats)
+    rows += layout_effect(resnet18, repeats)
+    rows += scorecam_quality("resnet18 (random weights)", resnet18, "layer4", photos(4))
+    rows += scorecam_quality("efficientnet-lite0 (pretrained)", *pretrained_lite0())
     rows += scorecam_maps(resnet18)
     rows += ablationcam(repeats)
     rows += eigencam(repeats)
-    rows += scorecam_memory()
     return rows
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--peak-memory"]:
+        setup(0)
+        _measure_peak(sys.argv[2])
+        sys.exit()
     for r in run():
         print(f"{r['group']:18s} {r['name']:62s} {r['value']:12.4f} {r['unit']:9s} "
               f"{r['goal'] or '':8s} {r['note']}")

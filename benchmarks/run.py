@@ -26,7 +26,7 @@ from types import ModuleType
 
 import torch
 
-from common import THREADS, Row, goal_met
+from common import BUSY_MS, CONTENTION, THREADS, Row, goal_met, parallel_op_ms, wait_idle
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "docs" / "benchmarks.md"
@@ -61,9 +61,32 @@ def machine() -> str:
         models = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
     if models:
         cpu = models[0]
-    load = os.getloadavg()[0]
     return (f"{cpu}, {os.cpu_count()} cores ({THREADS} torch threads), torch {torch.__version__}, "
-            f"Python {platform.python_version()}, load average {load:.2f} at start")
+            f"Python {platform.python_version()}")
+
+
+def wait_quiet(limit_s: float) -> None:
+    """Wait up to ``limit_s`` seconds until no other process competes for the cores."""
+    if limit_s > 0 and parallel_op_ms() > BUSY_MS:
+        print(f"waiting up to {limit_s:.0f} s for an idle machine", flush=True)
+        wait_idle(limit_s)
+
+
+def load_note(before: tuple[float, float], after: tuple[float, float]) -> str:
+    """Load and contention around a module; a warning when busy rounds had to be kept."""
+    discarded, kept = CONTENTION["busy rounds discarded"], CONTENTION["busy rounds kept"]
+    note = (f"Load average {before[0]:.1f} before, {after[0]:.1f} after. Timing rounds during "
+            f"which another process held a core (a small parallel op took > {BUSY_MS:g} ms "
+            f"instead of ≈0.1 ms) were discarded and redone: {discarded}.")
+    if kept or max(before[1], after[1]) > BUSY_MS:
+        note += (f" **{kept} busy rounds had to be kept: other processes competed for the "
+                 "cores, every parallel op waited for a scheduler slice, and ratios are less "
+                 "reliable; rerun on an idle machine.**")
+    return note
+
+
+def contention() -> tuple[float, float]:
+    return os.getloadavg()[0], parallel_op_ms()
 
 
 def fmt(value: float, unit: str) -> str:
@@ -120,17 +143,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only this module (repeatable; 'gradient' = bench_gradient.py)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to update")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="before each module, wait up to this long for an idle machine")
     args = parser.parse_args(argv)
     if args.quick:
         os.environ["BENCH_QUICK"] = "1"
     torch.set_num_threads(THREADS)
     command = "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
-    stamp = (f"Measured {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} with "
-             f"`{command}` on {machine()}.")
     sections: dict[str, str] = {}
     failed = []
     for name in discover(args.only):
+        wait_quiet(args.wait_quiet)
         print(f"== {name}", flush=True)
+        CONTENTION.update({key: 0 for key in CONTENTION})
+        start, before = datetime.datetime.now().astimezone(), contention()
         try:
             module: ModuleType = importlib.import_module(name)
             rows = module.run()
@@ -138,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             failed.append(name)
             continue
+        stamp = (f"Measured {start:%Y-%m-%d %H:%M %Z} with `{command}` on {machine()}. "
+                 + load_note(before, contention()))
         descriptions = getattr(module, "DESCRIPTIONS", {})
         for group in dict.fromkeys(r["group"] for r in rows):
             group_rows = [r for r in rows if r["group"] == group]

@@ -291,7 +291,7 @@ def run(s: Settings, out: Path) -> dict[str, object]:
     add("Reference: sum of the layer's channels (all weights 1)",
         maps_of(acts, torch.ones(acts.shape[:2]), None, size))
     add("Reference: uniform map (area share)", torch.ones(len(x_test), 1, size, size))
-    save_examples(x_test, boxes, {"1 triplet": maps_of(acts, w_cam[:, 0], None, size),
+    save_examples(x_test, boxes, {"1 triplet": maps_of(acts, w_one[:, 0], None, size),
                                   "avg + top-M": direct_best, "transfer NN": nn_maps},
                   out / "examples.png")
     return {
@@ -389,14 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--docs", default=None, help="update this markdown file's section")
     parser.add_argument("--steps", type=int, default=Settings.steps, help="training steps")
+    parser.add_argument("--train-items", type=int, default=Settings.train_items)
     parser.add_argument("--test-items", type=int, default=Settings.test_items)
     parser.add_argument("--bank-items", type=int, default=Settings.bank_items)
     parser.add_argument("--seed", type=int, default=Settings.seed)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = Settings(seed=args.seed, steps=args.steps, test_items=args.test_items,
-                        bank_items=args.bank_items)
+    settings = Settings(seed=args.seed, steps=args.steps, train_items=args.train_items,
+                        test_items=args.test_items, bank_items=args.bank_items)
     start, cpu = time.perf_counter(), time.process_time()
     result = run(settings, out)
     result["timings_s"]["total"] = time.perf_counter() - start

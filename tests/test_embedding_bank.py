@@ -32,7 +32,7 @@ def test_fitted_bank_matches_a_loop_over_images_and_triplets(fitted) -> None:
     assert bank.layer == "features" and bank.num_channels == 8 and len(bank) == 12
     torch.testing.assert_close(bank.embeddings, F.normalize(emb, dim=1))
     assert torch.equal(bank.labels, labels)
-    for i in range(12):
+    for i in (0, 4, 8, 10, 11):  # every batch of 5 and every class
         gradients = [loop_gradient(model, x[i], x[p], x[n])[1] for p, n in
                      zip(triplets.positives[i].tolist(), triplets.negatives[i].tolist(),
                          strict=True)]

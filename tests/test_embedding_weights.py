@@ -19,7 +19,6 @@ from camkit.embedding import (
     triplet_gradcam,
     triplet_weights,
 )
-from camkit.methods.gradient import gradcam_plus_plus_alpha, positive_gradient_weights
 from tests.embedding_fixtures import (
     MARGIN,
     TinyEmbedding,
@@ -27,6 +26,7 @@ from tests.embedding_fixtures import (
     loop_gradient,
     tiny_embedding,
 )
+from tests.reference import gradcam_plus_plus_alpha_weights
 
 
 def loop_gradcampp(acts: Tensor, grad: Tensor, sign: float) -> Tensor:
@@ -94,13 +94,12 @@ def test_gradcampp_weights_match_a_loop(setup, sign: float) -> None:
                                atol=1e-6, rtol=1e-4)
 
 
-def test_gradcampp_weights_equal_the_engines_closed_form() -> None:
+def test_gradcampp_weights_equal_the_papers_alpha_form() -> None:
     g = torch.Generator().manual_seed(5)
     acts, grads = torch.rand(2, 4, 3, 3, generator=g), torch.randn(2, 6, 4, 3, 3, generator=g)
     grads[0, 0, 0, 0, 0] = 0.0
     for sign in (-1.0, 1.0):
-        reference = positive_gradient_weights(gradcam_plus_plus_alpha(acts, sign * grads),
-                                              sign * grads)
+        reference = gradcam_plus_plus_alpha_weights(acts, sign * grads)
         torch.testing.assert_close(gradcampp_weights(acts, grads, sign), reference)
 
 

@@ -309,3 +309,16 @@ def test_synthetic_multilabel_tuples_with_class_masks(model):
     assert not results.failures
     assert len(results.pairs["gradcam"]) == positives
     assert np.isfinite(results.values["gradcam"]["energy-mask"]).all()
+
+
+def test_energy_leak_onto_a_named_partner(model):
+    item = multilabel_data(3)[2]  # three objects
+    first, second, third = item["label"].nonzero().flatten().tolist()
+    results = evaluate(model, [item], ["gradcam"], ["energy-leak"], "features", progress=False,
+                       metric_options={"energy-leak": {"partners": {first: third}}})
+    x, targets = item["image"][None], torch.tensor([[first, second, third]])
+    maps = camkit.explain(model, x, targets, ["gradcam"], "features")["gradcam"]
+    expected = energy_share(maps[:, :1], item["mask"][third][None, None]).item()
+    values = results.values["gradcam"]["energy-leak"]
+    assert values[0] == pytest.approx(expected, rel=1e-5)
+    assert np.isnan(values[1:]).all()  # no partner named for the other two classes

@@ -53,7 +53,7 @@ def test_train_memory_from_folders(zoo, tmp_path: Path, capsys) -> None:
                   "--batch-size", "2", "--checkpoint-dir", str(tmp_path / "ckpt"), "--quiet",
                   "--val-data", f"folders:{tmp_path / 'data'}", "--device", "cpu"])
     with pytest.warns(RuntimeWarning, match="broken.png"):
-        assert args.handler(args) == 0
+        assert args.run(args) == 0
     assert zoo == [("resnet18", None, True)]
     memory = BiasReducingMemory.load(out)
     assert memory.class_names == ["healthy", "sick"] and memory.num_slots == 3
@@ -70,7 +70,7 @@ def test_train_memory_synthetic_defaults(zoo, tmp_path: Path) -> None:
     args = parse(["train-memory", "--data", "synthetic:8", "--out", str(out), "--arch", "a",
                   "--epochs", "1", "--layer", "features.2", "--cache", "none", "--quiet"])
     assert args.slots is None and args.lr == 1e-3 and args.addr_temperature == 1.0
-    assert args.handler(args) == 0
+    assert args.run(args) == 0
     memory = BiasReducingMemory.load(out)
     assert memory.num_slots == 8 and memory.layer == "features.2"
     assert memory.train_settings["cache"] is None
@@ -80,4 +80,4 @@ def test_bad_data_spec(zoo, tmp_path: Path) -> None:
     args = parse(["train-memory", "--data", "imagenet:x", "--out", str(tmp_path / "m"),
                   "--arch", "a", "--quiet"])
     with pytest.raises(ValueError, match="cannot read data spec"):
-        args.handler(args)
+        args.run(args)

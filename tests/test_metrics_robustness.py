@@ -3,6 +3,7 @@ the same inputs and the same perturbations."""
 
 from __future__ import annotations
 
+import captum.metrics as captum_metrics
 import pytest
 import torch
 from torch import nn
@@ -17,8 +18,6 @@ from camkit.metrics import (
 )
 from camkit.metrics.scoring import softmax_confidence
 from tests.models import TinyCNN
-
-captum_metrics = pytest.importorskip("captum.metrics")
 
 
 class PixelLinear(nn.Module):

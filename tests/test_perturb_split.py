@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import camkit
-from camkit import split
+from camkit import folding, split
 from camkit.progress import Progress
 from tests.models import TinyCNN
-from tests.test_perturbation_methods import TARGETS, ResidualNet
+from tests.test_perturbation_methods import TARGETS, ResidualNet, Untraceable
 
 
 @pytest.fixture
@@ -93,3 +93,36 @@ def test_progress_environment_switch(monkeypatch):
         assert on.shown
     with pytest.raises(TypeError, match="progress"):
         Progress(1, "bad", show="yes")  # type: ignore[arg-type]
+
+
+def test_tracing_leaves_no_proxy_on_the_model(x):
+    class Remembers(ResidualNet):
+        def forward(self, x):
+            self.last_input = x  # a forward with a side effect
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model = Remembers().eval()
+    expl = camkit.explain(model, x, TARGETS, "ablationcam", "body")
+    assert expl.details["ablationcam"]["path"] == "split"
+    assert type(model.last_input) is torch.Tensor
+
+
+def test_folded_copy_folds_batch_norm_without_touching_the_model(x):
+    torch.manual_seed(0)
+    net = ResidualNet().eval()
+    copy = folding.folded_copy(net)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
+    assert isinstance(net.stem[1], nn.BatchNorm2d)  # the original keeps its layers
+    conv = next(m for m in copy.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), net(x))
+    scores = net(x).detach()[:, :2]
+    model, note = folding.evaluation_model(net, (x,), scores, lambda out, rows: out[:, :2])
+    assert model is not net and note.startswith("a folded")
+    untraceable = Untraceable().eval()
+    model, note = folding.evaluation_model(untraceable, (x,), scores, lambda out, rows: out[:, :2])
+    assert model is untraceable and "TraceError" in note
+    model, note = folding.evaluation_model(net, (x,), scores + 1, lambda out, rows: out[:, :2])
+    assert model is net and "did not reproduce" in note

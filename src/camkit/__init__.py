@@ -1,7 +1,8 @@
 """camkit: class activation maps for PyTorch image models."""
 
-from . import methods, targets
+from . import batch, embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
+from .evaluate import Results, available_metrics, evaluate
 from .viz import report
 
 __version__ = "0.1.0"
@@ -21,10 +22,13 @@ AblationCAM = method_class("AblationCAM", "ablationcam")
 EigenCAM = method_class("EigenCAM", "eigencam")
 EigenGradCAM = method_class("EigenGradCAM", "eigengradcam")
 Occlusion = method_class("Occlusion", "occlusion")
+MCAM = method_class("MCAM", "mcam")
+EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
-    "CAM", "ISCAM", "SSCAM", "AblationCAM", "CAMMethod", "EigenCAM", "EigenGradCAM",
-    "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM",
-    "LayerCAM", "Occlusion", "ScoreCAM", "XGradCAM", "available_methods", "explain",
-    "method_class", "methods", "report", "targets",
+    "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "CAMMethod", "EigenCAM", "EigenGradCAM",
+    "EmbeddingGradCAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
+    "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "Results", "ScoreCAM", "XGradCAM",
+    "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
+    "memory", "method_class", "methods", "metrics", "report", "targets",
 ]

@@ -1,4 +1,5 @@
-"""The ``camkit`` command: ``explain``, ``methods`` and ``demo``.
+"""The ``camkit`` command: ``explain``, ``methods``, ``demo``, ``evaluate``, ``train-memory``,
+``fit-embedding`` and ``explain-dataset``.
 
 Results and where they were written go to stdout; problems and progress to stderr.
 """
@@ -11,19 +12,20 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from . import api
+from . import api, demo
+from .batch import cli as batch_cli
 from .data import load_image
+from .embedding import cli as embedding_cli
+from .evaluate import add_parser as add_evaluate_parser
+from .memory import cli as memory_cli
 from .viz import grid, overlay, save_png
 from .viz.report import ReportItem, report_from_results, report_item
 from .zoo import LoadedModel, class_index, load_model
-
-# The classic methods the demo shows (those that need no trained artifact).
-DEMO_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam",
-                "eigengradcam", "ablationcam", "scorecam", "guided-gradcam")
 
 
 @dataclass
@@ -52,12 +54,15 @@ def explain_images(
     batch_size: int = 8,
     alpha: float = 0.5,
     top: int = 5,
+    options: dict[str, Any] | None = None,
 ) -> tuple[list[ImageResult], list[tuple[Path, str]]]:
     """Explain each image with every method and write, per image, into ``out/<stem>/``:
     ``<method>.png`` overlays, ``grid.png`` (image and all methods side by side) and
     ``maps.npz`` (normalised maps and raw maps per method).
 
-    Returns the results and the ``(path, reason)`` of images that could not be read.
+    ``options`` go to :func:`camkit.explain` (e.g. ``memory=`` for M-CAM, ``bank=`` for
+    embedding Grad-CAM). Returns the results and the ``(path, reason)`` of images that could
+    not be read.
     """
     readable, failed = [], []
     for path in paths:
@@ -69,7 +74,8 @@ def explain_images(
     for start in range(0, len(readable), batch_size):
         chunk = readable[start : start + batch_size]
         x = torch.stack([loaded.preprocess(img) for _, img in chunk])
-        expl = api.explain(loaded.model, x, target, methods, layer or loaded.layer)
+        expl = api.explain(loaded.model, x, target, methods, layer or loaded.layer,
+                           **(options or {}))
         probabilities = expl.outputs.float().softmax(dim=1)
         for b, (path, img) in enumerate(chunk):
             view = np.asarray(loaded.preprocess.view(img))
@@ -126,7 +132,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.images]
     results, failed = explain_images(paths, loaded, methods, Path(args.out), target=target,
                                      layer=args.layer, batch_size=args.batch_size,
-                                     alpha=args.alpha)
+                                     alpha=args.alpha, options=_method_options(args))
     for r in results:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.predictions)
         print(f"{r.path}: {best}\n  → {r.out_dir}")
@@ -143,31 +149,20 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The trained artefacts ``camkit explain`` was given, as :func:`camkit.explain` options."""
+    options = embedding_cli.explain_options(args)
+    if args.memory is not None:
+        from .memory import BiasReducingMemory
+
+        options["memory"] = BiasReducingMemory.load(args.memory)
+    return options
+
+
 def _cmd_methods(_args: argparse.Namespace) -> int:
     width = max(map(len, api.available_methods()))
     for name, summary in api.available_methods().items():
         print(f"{name:<{width}}  {summary}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .data import imagenet_samples, quokka
-
-    out = Path(args.out)
-    samples = [s.path for s in imagenet_samples()[: args.images]]
-    photo = quokka()
-    out.mkdir(parents=True, exist_ok=True)
-    quokka_path = out / "quokka.png"
-    photo.image.save(quokka_path)
-    loaded = load_model()
-    methods = [m for m in DEMO_METHODS if m in api.available_methods()]
-    results, _ = explain_images([quokka_path, *samples], loaded, methods, out / "images")
-    report = report_from_results(results, out / "report.html", model=loaded.arch,
-                                 layer=loaded.layer, methods=methods, command="camkit demo")
-    for r in results:
-        print(f"{r.path.name}: {r.predictions[0][0]} ({r.predictions[0][1]:.0%}) → "
-              f"{r.out_dir / 'grid.png'}")
-    print(f"\nReport: {report.resolve()}\nMaps and PNG grids: {out.resolve()}/images/")
     return 0
 
 
@@ -190,15 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map")
     ex.add_argument("--report", default=None, metavar="HTML",
                     help="also write a self-contained HTML report to this file")
+    ex.add_argument("--memory", default=None, metavar="FILE",
+                    help="M-CAM memory for --methods mcam (from camkit train-memory)")
+    embedding_cli.add_explain_arguments(ex)
     ex.set_defaults(run=_cmd_explain)
 
     me = sub.add_parser("methods", help="list the methods")
     me.set_defaults(run=_cmd_methods)
 
-    de = sub.add_parser("demo", help="explain real sample photos with every method")
-    de.add_argument("--out", default="runs/demo")
-    de.add_argument("--images", type=int, default=4, help="how many ImageNet samples")
-    de.set_defaults(run=_cmd_demo)
+    demo.add_parser(sub)
+    add_evaluate_parser(sub)
+    memory_cli.add_train_memory_parser(sub)
+    embedding_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
     return parser
 
 

@@ -1,7 +1,8 @@
 """``camkit.evaluate``: methods × metrics over a data set, as a table with confidence intervals.
 
 The data is a map-style data set (``len`` and ``data[i]``) or an iterable. Each item is a
-tensor image, a tuple ``(image, label[, masks[, boxes]])`` or a dict with the keys
+tensor image, a tuple ``(image, label[, masks[, boxes]])``, or a dict or named tuple (such as
+:class:`camkit.data.mosaic.MosaicItem`) with the keys
 
 - ``image``: ``(C, H, W)`` tensor, ready for the model (normalised);
 - ``label``: ``None``, an ``int`` class index (single-label), or a ``(n_classes,)`` 0/1
@@ -128,6 +129,8 @@ def as_sample(item: Any, index: int) -> Sample:
         raise ValueError(f"could not be loaded: {item.reason} ({item.path})")
     if isinstance(item, Tensor):
         item = {"image": item}
+    elif hasattr(item, "_asdict"):  # a named tuple such as camkit.data.mosaic.MosaicItem
+        item = item._asdict()
     elif isinstance(item, (tuple, list)):
         if not 1 <= len(item) <= 4:
             raise ValueError(f"a tuple item must be (image, label[, masks[, boxes]]), got "
@@ -382,10 +385,14 @@ def _sensitivity(run: Run, radius: float = 0.02, n_samples: int = 10,
                            relative=relative, keys=run.batch.keys, max_batch=run.max_batch)
 
 
-def _energy(kind: str) -> Callable[..., Tensor]:
-    def compute(run: Run, partners: Mapping[int, int] | None = None) -> Tensor:
-        region, known = regions(run.batch, kind, partners)
-        return _nan_where_unknown(energy_share(run.maps, region), known)
+def _energy_in(run: Run, kind: str, partners: Mapping[int, int] | None = None) -> Tensor:
+    region, known = regions(run.batch, kind, partners)
+    return _nan_where_unknown(energy_share(run.maps, region), known)
+
+
+def _energy(kind: str) -> Callable[[Run], Tensor]:
+    def compute(run: Run) -> Tensor:
+        return _energy_in(run, kind)
 
     return compute
 
@@ -410,8 +417,7 @@ def _grid_pointing(run: Run) -> Tensor:
 
 
 def _energy_leak(run: Run, partners: Mapping[int, int] | None = None) -> Tensor:
-    region, known = regions(run.batch, "leak", partners)
-    return _nan_where_unknown(energy_share(run.maps, region), known)
+    return _energy_in(run, "leak", partners)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ def minmax(maps: Tensor) -> tuple[Tensor, Tensor]:
     Returns ``(normalised maps, constant)`` where ``constant`` ``(B, K)`` flags maps with
     ``max == min``; those become all zeros instead of NaN."""
     flat = maps.flatten(2)
-    low = flat.amin(dim=2, keepdim=True)
-    span = flat.amax(dim=2, keepdim=True) - low
-    constant = span.squeeze(2) <= 0
-    normalised = torch.where(span > 0, (flat - low) / (span + EPS), torch.zeros_like(flat))
-    return normalised.view_as(maps), constant
+    low, high = torch.aminmax(flat, dim=2, keepdim=True)
+    span = high - low
+    varies = span > 0
+    scale = torch.where(varies, 1 / (span + EPS), 0.0)  # constant maps are scaled to zeros
+    return (flat - low).mul_(scale).view_as(maps), ~varies.squeeze(2)
 
 
 def postprocess(raw: Tensor, size: tuple[int, int], relu: bool = True) -> tuple[Tensor, Tensor]:

@@ -128,11 +128,17 @@ def _trace(model: nn.Module, layer: nn.Module) -> Split:
     if layer is model:
         raise SplitError("the layer is the whole model")
     tracer = _Tracer(layer)
+    # Tracing runs forward() on proxies: undo whatever it assigns to the modules' attributes.
+    attributes = [(m, dict(m.__dict__)) for m in model.modules()]
     try:
         graph = tracer.trace(model)
     except Exception as error:  # noqa: BLE001 - any tracing failure means "not splittable"
         raise SplitError(f"torch.fx cannot trace the model ({type(error).__name__}: {error})") \
             from error
+    finally:
+        for module, saved in attributes:
+            module.__dict__.clear()
+            module.__dict__.update(saved)
     root = fx.GraphModule(tracer.root, graph)
     calls = [n for n in graph.nodes
              if n.op == "call_module" and root.get_submodule(str(n.target)) is layer]

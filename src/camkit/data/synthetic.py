@@ -62,6 +62,28 @@ def texture_pattern(texture: str, size: int) -> np.ndarray:
     return np.where(bright, 1.0, 0.45)
 
 
+def check_dials(num_classes: int, cooccur: Mapping[tuple[int, int], float],
+                imbalance: Mapping[int, float]) -> None:
+    """Refuse a co-occurrence pair or an imbalanced class outside ``0 .. num_classes - 1``."""
+    for k in [*imbalance, *(c for pair in cooccur for c in pair)]:
+        if not 0 <= k < num_classes:
+            raise ValueError(f"class {k} is out of range for {num_classes} classes")
+
+
+def draw_labels(rng: np.random.Generator, num_classes: int, presence: float,
+                imbalance: Mapping[int, float], cooccur: Mapping[tuple[int, int], float]
+                ) -> np.ndarray:
+    """The ``(num_classes,)`` bool labels of one image, drawn as the module docstring says
+    (steps 1 and 2); shared by the synthetic and the mosaic data sets."""
+    rates = np.array([presence * imbalance.get(k, 1.0) for k in range(num_classes)])
+    present = rng.random(num_classes) < rates
+    for (a, b), prob in cooccur.items():
+        draw = rng.random()
+        if present[a]:
+            present[b] = draw < prob
+    return present
+
+
 class SyntheticMultiLabel(Dataset):
     """``n`` images yielding ``(image (3, H, W) float32 in [0, 1], multi-hot (n_cls,) float32,
     masks (n_cls, H, W) bool)``; deterministic given ``seed`` and ``split``.
@@ -96,9 +118,7 @@ class SyntheticMultiLabel(Dataset):
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         self.cooccur = dict(cooccur or {})
         self.imbalance = dict(imbalance or {})
-        for k in [*self.imbalance, *(c for pair in self.cooccur for c in pair)]:
-            if not 0 <= k < num_classes:
-                raise ValueError(f"class {k} is out of range for {num_classes} classes")
+        check_dials(num_classes, self.cooccur, self.imbalance)
         self.n, self.image_size, self.num_classes = n, image_size, num_classes
         self.presence, self.seed, self.split = presence, seed, split
         self.object_size, self.noise = object_size, noise
@@ -111,14 +131,7 @@ class SyntheticMultiLabel(Dataset):
         return self.n
 
     def _labels(self, rng: np.random.Generator) -> np.ndarray:
-        rates = np.array([self.presence * self.imbalance.get(k, 1.0)
-                          for k in range(self.num_classes)])
-        present = rng.random(self.num_classes) < rates
-        for (a, b), prob in self.cooccur.items():
-            draw = rng.random()
-            if present[a]:
-                present[b] = draw < prob
-        return present
+        return draw_labels(rng, self.num_classes, self.presence, self.imbalance, self.cooccur)
 
     def _place(self, rng: np.random.Generator, size: int, boxes: list[tuple[int, int, int]]
                ) -> tuple[int, int]:

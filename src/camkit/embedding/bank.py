@@ -70,7 +70,7 @@ class Clusters:
     sizes: Tensor
 
 
-@dataclass
+@dataclass(eq=False)
 class WeightBank:
     """Per-training-image embeddings and top-M grad-weights (see the module docstring).
 
@@ -89,16 +89,18 @@ class WeightBank:
     num_channels: int
     normalized: bool = True
     fit_settings: dict[str, Any] = field(default_factory=dict)
-    _indexes: dict[tuple, NeighbourIndex] = field(default_factory=dict, repr=False,
-                                                  compare=False)
-    _clusters: dict[tuple[int, int], Clusters] = field(default_factory=dict, repr=False,
-                                                       compare=False)
+    _indexes: dict[tuple, NeighbourIndex] = field(default_factory=dict, repr=False)
+    _clusters: dict[tuple[int, int], Clusters] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         _check_tensors(self.tensors(), self.shapes(), self.num_channels, "the bank")
 
     def __len__(self) -> int:
         return len(self.embeddings)
+
+    def __repr__(self) -> str:
+        return (f"WeightBank(size={len(self)}, layer={self.layer!r}, channels="
+                f"{self.num_channels}, top_m={self.top_m}, embedding_dim={self.embedding_dim})")
 
     @property
     def embedding_dim(self) -> int:

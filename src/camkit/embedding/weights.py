@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .. import capture
 from ..layers import Reshape, to_spatial
+from ..methods.gradient import gradcam_plus_plus_weights
 from ..targets import logits_of
 from .triplets import triplet_loss
 
@@ -46,17 +47,11 @@ def gradcampp_weights(activations: Tensor, gradients: Tensor, sign: float = -1.0
     closed form of §3.3 (Chattopadhay et al. 2018, eq. 19) with ``g = sign · ∂L_t/∂A``:
     ``w_k = Σ_ij α_ij ReLU(g_ij)``, ``α_ij = g² / (2g² + (Σ_ab A^k_ab) g³)``.
 
-    Only ``g > 0`` contributes, where ``α ReLU(g) = g / (2 + (Σ_ab A^k_ab) g)`` (§3.3 pitfall
-    3), so the weights are computed in that cheaper form, ``Σ_ij r / (2 + s_k r)`` with
-    ``r = ReLU(g)`` (0 where the denominator vanishes, as in the engine's Grad-CAM++).
+    Computed by the engine's :func:`~camkit.methods.gradient.gradcam_plus_plus_weights`.
     ``(B, C, h, w)`` and ``(B, T, C, h, w)`` → ``(B, T, C)``. The closed form assumes
     ``∂ⁿS/∂Aⁿ = 0`` for ``n ≥ 2``: exact for a piecewise-linear head, an approximation for
     the loss's squared distances (as the spec proposes)."""
-    positive = (sign * gradients).clamp(min=0)
-    channel_sum = activations.sum(dim=(-2, -1))[:, None, :, None, None]
-    denominator = torch.addcmul(torch.full((), 2.0, dtype=positive.dtype), channel_sum, positive)
-    ratio = (positive / denominator).where(denominator != 0, positive.new_zeros(()))
-    return ratio.sum(dim=(-2, -1))
+    return gradcam_plus_plus_weights(activations, sign * gradients)
 
 
 def top_m(weights: Tensor, m: int | None) -> tuple[Tensor, Tensor]:

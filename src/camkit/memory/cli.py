@@ -48,7 +48,7 @@ def add_train_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                    help="what to do with missing or corrupt images")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(handler=run_train_memory)
+    p.set_defaults(run=run_train_memory)
     return p
 
 

@@ -25,31 +25,51 @@ class SlotSearch(NamedTuple):
     drops: Tensor
 
 
+class SlotNoise(NamedTuple):
+    """The noise of Algorithm 1 in the form the algorithm uses it (§1.4, OP-5).
+
+    Algorithm 1 replaces key slot ``n`` by ``w ~ N(0, I_c)`` and uses ``w`` only through
+    ``cos(q, w)``. Write ``w = z q̂ + w⊥`` with ``q̂ = q / ‖q‖``: then ``z ~ N(0, 1)`` and
+    ``r² = ‖w⊥‖² ~ χ²_{c−1}`` are independent, and ``cos(q, w) = z ‖q‖ / (‖q‖ √(z² + r²) + ε)``
+    exactly. So the pair ``(z, r²)`` per (image, slot) is the whole noise, drawn in
+    ``O(B·N)`` instead of ``O(B·N·c)``; the vector ``w = z q̂ + r e`` with any unit
+    ``e ⊥ q̂`` reproduces it in a literal loop.
+
+    ``along``: ``z``, ``(B, N)``; ``rest``: ``r²``, ``(B, N)``. Entry ``[b, n]`` is the noise
+    that replaces key slot ``n`` for image ``b``, shared by the image's ``K`` targets."""
+
+    along: Tensor
+    rest: Tensor
+
+
 def draw_slot_noise(
     memory: BiasReducingMemory, batch: int, generator: torch.Generator | None
-) -> Tensor:
-    """The noise of Algorithm 1: ``torch.randn((B, N, c), generator=generator)`` on the
-    generator's device, drawn in one call. ``noise[b, n]`` is the ``w ~ N(0, I_c)`` that
-    replaces key slot ``n`` when image ``b`` is searched: one draw per slot per image, shared
-    by the image's ``K`` target classes (§1.4, OP-5)."""
+) -> SlotNoise:
+    """Draw :class:`SlotNoise` for ``batch`` images, on the generator's device, in this order:
+    ``along = torch.randn((B, N), generator=generator)``, then ``rest = 2 ·
+    torch._standard_gamma(full((B, N), (c − 1) / 2), generator=generator)`` (χ²_{c−1} as
+    2·Gamma((c−1)/2, 1))."""
     device = generator.device if generator is not None else memory.keys.device
-    return torch.randn((batch, memory.num_slots, memory.channels), generator=generator,
-                       device=device)
+    shape = (batch, memory.num_slots)
+    along = torch.randn(shape, generator=generator, device=device)
+    shape_param = torch.full(shape, (memory.channels - 1) / 2, device=device)
+    return SlotNoise(along, 2 * torch._standard_gamma(shape_param, generator=generator))
 
 
-def _noise_logits(queries: Tensor, noise: Tensor, temperature: float) -> Tensor:
-    """``cos(q_b, w_{b,n}) / T``, the address logit of each noise slot: ``(B, c)``,
-    ``(B, N, c)`` → ``(B, N)``."""
-    dots = torch.einsum("bnc,bc->bn", noise, queries)
-    return dots / (noise.norm(dim=2) * queries.norm(dim=1, keepdim=True) + COS_EPS) / temperature
+def _noise_logits(queries: Tensor, noise: SlotNoise, temperature: float) -> Tensor:
+    """``cos(q_b, w_{b,n}) / T`` of each noise slot (see :class:`SlotNoise`): ``(B, c)`` →
+    ``(B, N)``."""
+    along, rest = noise.along.to(queries), noise.rest.to(queries)
+    q_norm = queries.norm(dim=1, keepdim=True)
+    return along * q_norm / (q_norm * (along.square() + rest).sqrt() + COS_EPS) / temperature
 
 
 def slot_search(
-    memory: BiasReducingMemory, queries: Tensor, target_indices: Tensor, noise: Tensor
+    memory: BiasReducingMemory, queries: Tensor, target_indices: Tensor, noise: SlotNoise
 ) -> SlotSearch:
     """Algorithm 1 for all ``B`` images, ``K`` targets and ``N`` slots at once (§1.4).
 
-    For image ``b`` and slot ``i``, key slot ``i`` is replaced by ``noise[b, i]`` and the
+    For image ``b`` and slot ``i``, key slot ``i`` is replaced by noise ``[b, i]`` and the
     memory head re-scores: ``z'_i = fc(cat(p_i V, q))`` with ``p_i`` the address under the
     perturbed keys. The drop is ``z_ĉ − z'_{i,ĉ}`` with ``z`` the unperturbed head (§1.4 [P]).
 
@@ -61,17 +81,17 @@ def slot_search(
 
         drop_i = (Σ_n a_n u_n) / Z − (Σ_n a_n u_n + (a'_i − a_i) u_i) / (Z − a_i + a'_i).
 
-    Cost ``O(B·N·c·(K + 1))`` (the noise cosines and ``u``) instead of ``O(B·N²·c)`` for
-    the ``N × N`` addresses and reads plus ``O(B·N·c·n_cls)`` for re-scoring every class.
+    Cost ``O(B·N·c·K)`` (for ``u``) instead of ``O(B·N²·c)`` for the ``N × N`` addresses
+    and reads plus ``O(B·N·c·n_cls)`` for re-scoring every class.
 
     Args:
         queries: ``(B, c)`` pooled features ``q``.
         target_indices: ``(B, K)`` long class indices ``ĉ``.
-        noise: ``(B, N, c)``, from :func:`draw_slot_noise`.
+        noise: from :func:`draw_slot_noise`.
     """
     temperature = memory.addr_temperature
     key_logits = memory.key_address_logits(queries)  # (B, N)
-    swapped = _noise_logits(queries, noise.to(queries), temperature)  # (B, N)
+    swapped = _noise_logits(queries, noise, temperature)  # (B, N)
     shift = torch.maximum(key_logits.amax(1), swapped.amax(1))[:, None]
     a, a_new = (key_logits - shift).exp(), (swapped - shift).exp()
     value_weight = memory.fc.weight[target_indices, : memory.channels]  # W_v[ĉ] (B, K, c)

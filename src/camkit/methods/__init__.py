@@ -4,8 +4,10 @@ from . import (  # noqa: F401  (registration side effects)
     ablation,
     cam,
     eigen,
+    embedding,
     gradient,
     guided,
+    mcam,
     occlusion,
     score,
 )

@@ -58,7 +58,9 @@ def _rescorer(layer_pass: LayerPass, split: bool) -> tuple[Scorer, int, dict[str
     """The ablated-activation scorer, the memory of one evaluation, and which path it takes."""
     acts = layer_pass.activations
     reason = "split=False"
-    if split and layer_pass.score_outputs is not None:
+    if split and layer_pass.score_outputs is None:
+        reason = "the engine gave no function to score model outputs"
+    elif split:
         try:
             tail = splitting.checked_tail(
                 layer_pass.model, layer_pass.layer, layer_pass.inputs, acts,
@@ -72,8 +74,10 @@ def _rescorer(layer_pass: LayerPass, split: bool) -> tuple[Scorer, int, dict[str
 
 
 def _ablationcam(layer_pass: LayerPass, split: bool = True, batch_size: int | None = None,
-                 max_batch_memory: int = DEFAULT_MAX_BATCH_MEMORY,
+                 max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
                  progress: bool | None = None) -> Tensor:
+    if not isinstance(split, bool):
+        raise TypeError(f"split must be True or False, got {split!r}")
     batching = Batching(batch_size, max_batch_memory, progress)
     acts, scores = layer_pass.activations, layer_pass.scores
     _warn_nonpositive(scores)

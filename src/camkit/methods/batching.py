@@ -9,14 +9,16 @@ items). Each batch is built only when it runs, so the B×C perturbed inputs neve
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from .. import capture, folding
 from ..progress import Progress
+from ..targets import ScoreFn
 from .registry import LayerPass
 
 DEFAULT_MAX_BATCH_MEMORY = 512 * 2**20  # bytes
@@ -27,6 +29,11 @@ BATCH_OPTIONS = ("batch_size", "max_batch_memory", "progress")
 PRECISIONS = ("fp32", "bf16")
 
 Scorer = Callable[[Tensor, Tensor], Tensor]
+Scores = Callable[[Any, Tensor | None], Tensor]  # model outputs, rows -> (n, K) scores
+
+
+def _at_least_one(value: object, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True)
@@ -35,15 +42,13 @@ class Batching:
     many as fit in ``max_batch_memory`` bytes; ``progress`` as in :mod:`camkit.progress`."""
 
     batch_size: int | None = None
-    max_batch_memory: int = DEFAULT_MAX_BATCH_MEMORY
+    max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size is not None and not (
-            isinstance(self.batch_size, int) and self.batch_size >= 1
-        ):
+        if self.batch_size is not None and not _at_least_one(self.batch_size, (int,)):
             raise ValueError(f"batch_size must be a positive int or None, got {self.batch_size!r}")
-        if not (isinstance(self.max_batch_memory, int) and self.max_batch_memory >= 1):
+        if not _at_least_one(self.max_batch_memory, (int, float)):
             raise ValueError("max_batch_memory must be a positive number of bytes, got "
                              f"{self.max_batch_memory!r}")
 
@@ -51,7 +56,7 @@ class Batching:
         """Items per batch when one item needs about ``item_bytes`` bytes."""
         if self.batch_size is not None:
             return self.batch_size
-        return max(1, self.max_batch_memory // max(1, item_bytes))
+        return max(1, int(self.max_batch_memory // max(1, item_bytes)))
 
 
 def run_items(n_items: int, evaluate: Callable[[Tensor], Tensor], batch_size: int, *,
@@ -79,25 +84,30 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[None]:
-    """bf16 autocast for ``precision="bf16"``, nothing for ``"fp32"``."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def input_scorer(layer_pass: LayerPass, score: Scores, precision: str, method: str) -> Scorer:
+    """``f(first_input (n, C, H, W), rows) -> (n, K)``: the float32 scores (``score`` reads
+    them from the model's outputs) of modified copies of the first input; the other inputs
+    follow their ``rows``.
 
+    The passes run the folded channels-last copy of the model when it reproduces the model's
+    scores (:mod:`camkit.folding`; ``layer_pass.notes[method]["model"]`` says which model ran),
+    take the inputs in channels-last layout, and run under bf16 autocast for
+    ``precision="bf16"``."""
+    check_precision(precision)
+    inputs = layer_pass.inputs
+    if layer_pass.score_outputs is None:
+        raise ValueError(f"{method} needs a LayerPass with score_outputs (camkit.explain sets it)")
+    model, note = folding.evaluation_model(layer_pass.model, inputs, layer_pass.scores,
+                                           layer_pass.score_outputs)
+    layer_pass.notes.setdefault(method, {})["model"] = note
+    rescore = capture.rescorer_for_inputs(model, ScoreFn(None, score), len(inputs))
+    device = inputs[0].device
+    bf16 = precision == "bf16"
 
-def input_scorer(layer_pass: LayerPass, rescore: Callable[[tuple[Tensor, ...], Tensor], Tensor],
-                 precision: str) -> Scorer:
-    """``f(first_input (n, C, H, W), rows) -> (n, K)`` float32 scores of modified copies of the
-    first input (other inputs follow their ``rows``), run in channels-last layout, the fastest
-    exact layout for convolutions, and under bf16 autocast for ``precision="bf16"``."""
-    others = layer_pass.inputs[1:]
-    device = layer_pass.inputs[0].device
-
-    def score(first: Tensor, rows: Tensor) -> Tensor:
+    def scores(first: Tensor, rows: Tensor) -> Tensor:
         if first.dim() == 4:
             first = first.contiguous(memory_format=torch.channels_last)
-        with autocast(precision, device):
-            return rescore((first, *(t[rows] for t in others)), rows).float()
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            return rescore((first, *(t[rows] for t in inputs[1:])), rows).float()
 
-    return score
+    return scores

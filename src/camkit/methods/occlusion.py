@@ -17,7 +17,6 @@ from .batching import (
     BATCH_OPTIONS,
     DEFAULT_MAX_BATCH_MEMORY,
     Batching,
-    check_precision,
     forward_bytes,
     input_scorer,
     run_items,
@@ -54,12 +53,11 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
 def _occlusion(layer_pass: LayerPass, window: int | tuple[int, int] = 32,
                stride: int | tuple[int, int] | None = None, fill: float | Tensor = 0.0,
                precision: str = "fp32", batch_size: int | None = None,
-               max_batch_memory: int = DEFAULT_MAX_BATCH_MEMORY,
+               max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
                progress: bool | None = None) -> Tensor:
     win = _pair(window, "window")
     step = _pair(stride, "stride") if stride is not None else (max(1, win[0] // 2),
                                                                max(1, win[1] // 2))
-    check_precision(precision)
     batching = Batching(batch_size, max_batch_memory, progress)
     x = layer_pass.inputs[0]
     (height, width), device = layer_pass.input_size, x.device
@@ -67,7 +65,7 @@ def _occlusion(layer_pass: LayerPass, window: int | tuple[int, int] = 32,
     cols = window_cover(width, win[1], step[1], device)
     positions = len(rows) * len(cols)
     fill_value = torch.as_tensor(fill, dtype=x.dtype, device=device)
-    score = input_scorer(layer_pass, layer_pass.rescore_inputs, precision)
+    score = input_scorer(layer_pass, layer_pass.score_outputs, precision, "occlusion")
 
     def evaluate(items: Tensor) -> Tensor:
         image, position = items // positions, items % positions
@@ -81,8 +79,8 @@ def _occlusion(layer_pass: LayerPass, window: int | tuple[int, int] = 32,
                        progress=batching.progress)
     drops = layer_pass.scores[:, None] - scores.view(len(x), positions, -1)
     drops = drops.permute(0, 2, 1).unflatten(2, (len(rows), len(cols)))
-    layer_pass.notes["occlusion"] = {"evaluations": n_items, "batch_size": size,
-                                     "positions": (len(rows), len(cols))}
+    layer_pass.notes["occlusion"].update(evaluations=n_items, batch_size=size,
+                                         positions=(len(rows), len(cols)))
     return occlusion_map(drops, rows, cols)
 
 

@@ -26,15 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import capture
 from ..postprocess import minmax, upsample
-from ..targets import ScoreFn, logits_of
+from ..targets import logits_of
 from .batching import (
     BATCH_OPTIONS,
     DEFAULT_MAX_BATCH_MEMORY,
     Batching,
     Scorer,
-    check_precision,
     forward_bytes,
     input_scorer,
     run_items,
@@ -144,8 +142,8 @@ def masked_channel_scores(layer_pass: LayerPass, selected: Tensor, score: Scorer
     return out.transpose(1, 2)
 
 
-def _class_prob_scorer(layer_pass: LayerPass) -> Callable[[Any, Tensor], Tensor]:
-    """Re-scoring that returns the class-softmax probability of each target class."""
+def _class_probabilities(layer_pass: LayerPass) -> Callable[[Any, Tensor | None], Tensor]:
+    """Reads the class-softmax probability of each target class from a model output."""
     indices = layer_pass.target_indices
     if indices is None:
         raise ValueError(
@@ -158,15 +156,13 @@ def _class_prob_scorer(layer_pass: LayerPass) -> Callable[[Any, Tensor], Tensor]
         probs = logits_of(outputs).float().softmax(dim=1)
         return probs.gather(1, idx.to(probs.device))
 
-    return capture.rescorer_for_inputs(
-        layer_pass.model, ScoreFn(None, probabilities), len(layer_pass.inputs)
-    )
+    return probabilities
 
 
 def score_family(layer_pass: LayerPass, method: str, variant: Variant | None = None,
                  n_samples: int = 1, *, weight: str = "class_prob",
                  max_channels: int | None = None, precision: str = "fp32",
-                 batch_size: int | None = None, max_batch_memory: int = DEFAULT_MAX_BATCH_MEMORY,
+                 batch_size: int | None = None, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
                  progress: bool | None = None) -> Tensor:
     """Score-CAM (and its variants) on one layer pass: raw maps ``(B, K, H, W)`` for
     ``class_prob``, ``(B, K, h, w)`` for ``channel_softmax``."""
@@ -174,13 +170,12 @@ def score_family(layer_pass: LayerPass, method: str, variant: Variant | None = N
         raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
     if max_channels is not None and not (isinstance(max_channels, int) and max_channels >= 1):
         raise ValueError(f"max_channels must be a positive int or None, got {max_channels!r}")
-    check_precision(precision)
     batching = Batching(batch_size, max_batch_memory, progress)
     class_prob = weight == "class_prob"
-    rescore = _class_prob_scorer(layer_pass) if class_prob else layer_pass.rescore_inputs
+    read = _class_probabilities(layer_pass) if class_prob else layer_pass.score_outputs
+    score = input_scorer(layer_pass, read, precision, method)
     acts = layer_pass.activations
     selected = top_variance_channels(acts, max_channels)
-    score = input_scorer(layer_pass, rescore, precision)
     scores = masked_channel_scores(layer_pass, selected, score, batching, method, variant,
                                    n_samples)
     if class_prob:

@@ -1,9 +1,9 @@
 """Faithfulness: does the model still believe its class on what the map keeps?
 
-- Average Drop % and % Increase in Confidence (Chattopadhay et al., Grad-CAM++, WACV 2018,
-  §6.1; ALGORITHMS §4.1-4.2): the confidence ``Y`` on the image against the confidence ``O``
-  on the explanation-masked image ``E ⊙ I``.
-- Deletion and insertion AUC (Petsiuk et al., RISE, BMVC 2018, §4.1): the confidence while
+- Average Drop % and % Increase in Confidence (Chattopadhay et al., Grad-CAM++, WACV 2018;
+  ALGORITHMS §4.1-4.2): the confidence ``Y`` on the image against the confidence ``O`` on
+  the explanation-masked image ``E ⊙ I``.
+- Deletion and insertion AUC (Petsiuk et al., RISE, BMVC 2018): the confidence while
   the most salient pixels are removed (deletion, lower is better) or put back onto a blurred
   image (insertion, higher is better), summarised by the area under that curve.
 
@@ -44,15 +44,15 @@ def masked_confidence(
 
 
 def drop_percent(base: Tensor, masked: Tensor) -> Tensor:
-    """Average Drop's per-sample term ``100 · max(0, Y − O) / Y`` (Grad-CAM++ §6.1; the
-    metric is its mean). ``(B, K)`` → ``(B, K)``; NaN where ``Y < 1e-3`` (ALGORITHMS §4.1.3:
+    """Average Drop's per-sample term ``100 · max(0, Y − O) / Y`` (Grad-CAM++; the metric
+    is its mean). ``(B, K)`` → ``(B, K)``; NaN where ``Y < 1e-3`` (ALGORITHMS §4.1.3:
     a drop relative to almost nothing is undefined)."""
     drop = 100 * (base - masked).clamp(min=0) / base
     return drop.where(base >= MIN_CONFIDENCE, drop.new_tensor(float("nan")))
 
 
 def increase_percent(base: Tensor, masked: Tensor) -> Tensor:
-    """% Increase in Confidence's per-sample term ``100 · 1[Y < O]`` (Grad-CAM++ §6.1);
+    """% Increase in Confidence's per-sample term ``100 · 1[Y < O]`` (Grad-CAM++; §4.2);
     ``(B, K)`` → ``(B, K)`` of 0 or 100, so the mean is the percentage."""
     return 100 * (base < masked).float()
 
@@ -127,7 +127,7 @@ def perturbation_curve(
 ) -> Tensor:
     """``(B, K, steps + 1)`` confidences of ``targets`` while the pixels of ``start`` are
     replaced by those of ``end`` (both ``(B, C, H, W)``), most salient first, ``step_counts``
-    pixels after each step (Petsiuk et al. 2018, §4.1). Built chunk by chunk; at most
+    pixels after each step (Petsiuk et al. 2018). Built chunk by chunk; at most
     ``max_batch`` images exist at once."""
     check_inputs(start, maps, targets)
     if steps < 1:

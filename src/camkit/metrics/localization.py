@@ -1,13 +1,13 @@
 """Localisation: does the map fall on the object?
 
 - Energy share inside a box or mask (ALGORITHMS §4.5: the embedding-Grad-CAM paper's "heat-map
-  ratio", identical to Score-CAM's energy-based pointing game, Wang et al. 2020, §5.2).
+  ratio", identical to Score-CAM's energy-based pointing game, Wang et al., CVPR-W 2020).
 - Pointing game (Zhang et al., Top-down Neural Attention by Excitation Backprop, ECCV 2016 /
-  IJCV 2018, §5.1): a hit when the map's maximum lies on the object, within a tolerance of
+  IJCV 2018): a hit when the map's maximum lies on the object, within a tolerance of
   15 pixels.
-- Grid pointing game (Böhle et al., Convolutional Dynamic Alignment Networks, CVPR 2021,
-  §5.2): on a grid of images of distinct classes, the share of the map's positive energy in
-  the cell of the explained class.
+- Grid pointing game (Böhle et al., Convolutional Dynamic Alignment Networks, CVPR 2021): on
+  a grid of images of distinct classes, the share of the map's positive energy in the cell
+  of the explained class.
 
 Shapes: ``maps`` ``(B, K, H, W)`` (``expl[method]``); ``regions`` ``(B, K, H, W)`` bool (or
 broadcastable to it); results are per-sample ``(B, K)``. A blank map (no positive energy, no
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-POINTING_TOLERANCE = 15  # pixels (Zhang et al. §5.1)
+POINTING_TOLERANCE = 15  # pixels (Zhang et al.)
 
 
 def _regions_for(maps: Tensor, regions: Tensor) -> Tensor:
@@ -79,7 +79,7 @@ def dilate(regions: Tensor, radius: int) -> Tensor:
 
 def pointing_game(maps: Tensor, regions: Tensor,
                   tolerance: int = POINTING_TOLERANCE) -> Tensor:
-    """Pointing game hits ``(B, K)`` of 1.0 or 0.0 (Zhang et al. §5.1): 1 when the map's
+    """Pointing game hits ``(B, K)`` of 1.0 or 0.0 (Zhang et al.): 1 when the map's
     maximum (the first in row-major order if tied) lies within ``tolerance`` pixels of the
     region; a constant map has no maximum and misses."""
     regions = _regions_for(maps, regions)
@@ -105,6 +105,6 @@ def grid_cell_masks(cells: Tensor, grid: tuple[int, int], size: tuple[int, int])
 
 
 def grid_pointing_game(maps: Tensor, cells: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Grid pointing game per sample ``(B, K)`` (Böhle et al. 2021, §5.2): the
+    """Grid pointing game per sample ``(B, K)`` (Böhle et al. 2021): the
     :func:`energy_share` of each map inside the grid cell ``cells[b, k]`` of its class."""
     return energy_share(maps, grid_cell_masks(cells, grid, tuple(maps.shape[-2:])))

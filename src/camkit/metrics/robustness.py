@@ -1,10 +1,10 @@
 """Robustness: Infidelity and max-Sensitivity (Yeh et al., On the (In)fidelity and
 Sensitivity of Explanations, NeurIPS 2019; ALGORITHMS §4.3-4.4).
 
-- Infidelity (eq. 2): ``E_I[(Iᵀ Φ(x) − (f(x) − f(x − I)))²]``, the map ``Φ`` broadcast over
+- Infidelity: ``E_I[(Iᵀ Φ(x) − (f(x) − f(x − I)))²]``, the map ``Φ`` broadcast over
   the colour channels, ``f`` the target's confidence, ``I`` seeded random noise
   (default ``N(0, 0.2²)`` on the normalised input, 10 draws). Lower is better.
-- max-Sensitivity (eq. 3): ``max_{‖y − x‖∞ ≤ r} ‖Φ(y) − Φ(x)‖``: the explainer re-run on
+- max-Sensitivity: ``max_{‖y − x‖∞ ≤ r} ‖Φ(y) − Φ(x)‖``: the explainer re-run on
   perturbed copies (default uniform in ``[−0.02, 0.02]``, 10 draws), Frobenius norm of the
   map difference; relative to ``‖Φ(x)‖`` by default, as ``captum.metrics.sensitivity_max``.
   Lower is better.
@@ -104,7 +104,7 @@ def score_drops(
 
 
 def infidelity_from(dots: Tensor, drops: Tensor, normalize: bool = False) -> Tensor:
-    """Infidelity (Yeh et al. 2019, eq. 2) as the mean over draws of ``(β Iᵀ Φ − Δf)²``:
+    """Infidelity (Yeh et al. 2019; ALGORITHMS §4.3) as the mean over draws of ``(β Iᵀ Φ − Δf)²``:
     ``dots`` and ``drops`` ``(B, n, K)`` → ``(B, K)``. ``β = 1``, or with ``normalize`` the
     least-squares scale ``β = Σ Iᵀ Φ Δf / Σ (Iᵀ Φ)²`` (0 when every ``Iᵀ Φ`` is 0), as
     Captum's ``normalize=True``: the value then ignores the map's overall scale."""
@@ -146,8 +146,8 @@ def max_sensitivity(
     noise: Noise = Noise("uniform", 0.02), n_samples: int = 10, relative: bool = True,
     keys: Keys = None, max_batch: int = 32,
 ) -> Tensor:
-    """max-Sensitivity per sample ``(B, K)`` (Yeh et al. 2019, eq. 3), lower is better: the
-    largest :func:`map_distances` between ``maps`` (the explanation of ``x``) and the
+    """max-Sensitivity per sample ``(B, K)`` (Yeh et al. 2019; ALGORITHMS §4.4), lower is
+    better: the largest :func:`map_distances` between ``maps`` (the explanation of ``x``) and the
     explainer's maps of ``n_samples`` perturbed copies ``y = x + noise`` for the same
     ``targets``, explained ``max_batch`` copies at a time."""
     check_inputs(x, maps, targets)
