@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import camkit.cli
 import camkit.zoo
-from camkit.data.multilabel import to_unit_tensor
+from camkit.data import Preprocess
 from camkit.memory import BiasReducingMemory
 from camkit.memory.cli import add_train_memory_parser
 from tests.memory_fixtures import ShapeNet, single_thread  # noqa: F401
@@ -27,10 +29,11 @@ def zoo(monkeypatch) -> list[tuple]:
         calls.append((arch, weights, random_init))
         torch.manual_seed(0)
         return SimpleNamespace(model=ShapeNet(classes=3, channels=4), layer="features",
-                               preprocess=lambda im: to_unit_tensor(im.resize((16, 16))),
+                               preprocess=Preprocess(16, (0.0,) * 3, (1.0,) * 3, None),
                                class_names=["x", "y", "z"])
 
     monkeypatch.setattr(camkit.zoo, "load_model", load_model)
+    monkeypatch.setattr(camkit.cli, "load_model", load_model)
     return calls
 
 
@@ -40,12 +43,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_train_memory_from_folders(zoo, tmp_path: Path, capsys) -> None:
+def write_folders(root: Path) -> None:
+    """Two classes of three small images, one folder per class."""
     for k, name in enumerate(["healthy", "sick"]):
-        folder = tmp_path / "data" / name
+        folder = root / name
         folder.mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (20, 24), (90 * k, 40 * i, 9)).save(folder / f"{i}.png")
+
+
+def test_train_memory_from_folders(zoo, tmp_path: Path, capsys) -> None:
+    write_folders(tmp_path / "data")
     (tmp_path / "data" / "sick" / "broken.png").write_bytes(b"no")
     out = tmp_path / "memory.safetensors"
     args = parse(["train-memory", "--data", f"folders:{tmp_path / 'data'}", "--out", str(out),
@@ -81,3 +89,21 @@ def test_bad_data_spec(zoo, tmp_path: Path) -> None:
                   "--arch", "a", "--quiet"])
     with pytest.raises(ValueError, match="cannot read data spec"):
         args.run(args)
+
+
+def test_explain_uses_the_trained_memory(zoo, tmp_path: Path, capsys) -> None:
+    memory_file = tmp_path / "memory.safetensors"
+    write_folders(tmp_path / "data")
+    assert camkit.cli.main(["train-memory", "--data", f"folders:{tmp_path / 'data'}", "--out",
+                            str(memory_file), "--arch", "a", "--epochs", "1", "--quiet"]) == 0
+    image = tmp_path / "photo.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    argv = ["explain", str(image), "--arch", "a", "--methods", "gradcam,mcam",
+            "--memory", str(memory_file), "--out", str(tmp_path / "out")]
+    assert camkit.cli.main(argv) == 0
+    with np.load(tmp_path / "out" / "photo" / "maps.npz") as maps:
+        assert maps["mcam"].shape == maps["gradcam"].shape == (1, 16, 16)
+        assert 0 <= maps["mcam"].min() and maps["mcam"].max() <= 1
+    assert camkit.cli.main([*argv[:-4], "--out", str(tmp_path / "o2")]) == 2  # no --memory
+    assert "mcam needs a trained memory" in capsys.readouterr().err

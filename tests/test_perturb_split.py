@@ -1,13 +1,19 @@
-"""camkit.split (the model cut at a layer) and camkit.progress (the one progress bar)."""
+"""camkit.split (the model cut at a layer), camkit.folding (the folded copy for the masked
+passes), camkit.progress (the one progress bar) and the perturbation methods on the command
+line."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import camkit
 from camkit import folding, split
+from camkit.cli import main
+from camkit.data import quokka
 from camkit.progress import Progress
 from tests.models import TinyCNN
 from tests.test_perturbation_methods import TARGETS, ResidualNet, Untraceable
@@ -65,6 +71,59 @@ def test_a_stale_cached_split_is_retraced(x):
     full = camkit.explain(net, x, TARGETS, "ablationcam", "body", split=False)
     assert expl.details["ablationcam"]["path"] == "split"
     torch.testing.assert_close(expl.raw["ablationcam"], full.raw["ablationcam"])
+
+
+class NormAct(nn.BatchNorm2d):
+    """A batch norm with its own activation module (as camkit.zoo makes for EfficientNet-Lite):
+    torch.fx cannot trace into it (batch norm checks its input's dimensions), so a layer
+    ``norm.act`` can be cut only at ``norm``, and only when ``act`` is its last operation."""
+
+    def __init__(self, channels: int, scale: float) -> None:
+        super().__init__(channels)
+        self.act, self.scale = nn.ReLU(), scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(super().forward(x))
+        return out if self.scale == 1 else out * self.scale
+
+
+class NormActNet(nn.Module):
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, stride=2)
+        self.norm = NormAct(6, scale)
+        self.fc = nn.Linear(6, 5)
+        with torch.no_grad():
+            self.norm.running_mean.uniform_(-0.2, 0.2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.size(0)  # read after the layer: taken from the activation in the tail
+        return self.fc(self.norm(self.conv(x)).reshape(n, 6, -1).mean(dim=2))
+
+
+@pytest.mark.filterwarnings("ignore:Ablation-CAM divides")
+@pytest.mark.parametrize("scale, path", [(1.0, "split"), (2.0, "full-forward")])
+def test_cut_at_the_enclosing_module_only_when_the_layer_ends_it(x, scale, path):
+    torch.manual_seed(0)
+    model = NormActNet(scale).eval()
+    expl = camkit.explain(model, x, TARGETS, "ablationcam", "norm.act")
+    full = camkit.explain(model, x, TARGETS, "ablationcam", "norm.act", split=False)
+    note = expl.details["ablationcam"]
+    assert note["path"] == path
+    if path == "split":
+        assert note["cut"] == "norm"
+    else:
+        assert "cannot trace" in note["reason"]
+    torch.testing.assert_close(expl.raw["ablationcam"], full.raw["ablationcam"])
+
+
+def test_folded_copy_keeps_batch_norm_subclasses(x):
+    torch.manual_seed(0)
+    model = NormActNet().eval()
+    copy = folding.folded_copy(model)  # traceable although NormAct's batch norm is not
+    assert isinstance(copy.get_submodule("norm"), NormAct)  # it has an activation: not folded
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x), model(x))
 
 
 def test_progress_appears_only_for_long_work(capsys, monkeypatch):
@@ -126,3 +185,20 @@ def test_folded_copy_folds_batch_norm_without_touching_the_model(x):
     assert model is untraceable and "TraceError" in note
     model, note = folding.evaluation_model(net, (x,), scores + 1, lambda out, rows: out[:, :2])
     assert model is net and "did not reproduce" in note
+
+
+def test_command_line_runs_perturbation_methods_with_a_progress_bar(tmp_path, capsys,
+                                                                    monkeypatch):
+    monkeypatch.setenv("CAMKIT_PROGRESS", "1")  # the bar at once, as for a long call
+    photo, weights = tmp_path / "quokka.jpg", tmp_path / "resnet18.pth"
+    quokka().image.save(photo)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # traceable: split path
+    rc = main(["explain", str(photo), "--arch", "resnet18", "--weights", str(weights),
+               "--methods", "gradcam,ablationcam,eigencam", "--out", str(tmp_path / "o")])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "ablationcam" in captured.err and "ablationcam" not in captured.out
+    maps = np.load(tmp_path / "o" / "quokka" / "maps.npz")
+    assert {"gradcam", "ablationcam", "eigencam"} <= set(maps.files)
+    assert maps["ablationcam"].shape == (1, 224, 224)

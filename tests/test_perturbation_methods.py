@@ -58,14 +58,25 @@ class Untraceable(ResidualNet):
         return out if out.sum() > -1e9 else -out
 
 
-class BakedBatch(ResidualNet):
-    """Reads the batch size from the input and uses it after the layer: a trace bakes that in,
-    which the split's numerical check must catch."""
+class ReadsBatchSize(ResidualNet):
+    """Reads the batch size from the input and uses it after the layer: the tail must read it
+    from the activation instead of baking the traced value in."""
 
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         y = self.relu(self.mix(self.body(self.stem(x))))
         return self.fc(y.reshape(n, 6, -1).mean(dim=2))
+
+
+class ConstantFromInput(ResidualNet):
+    """Builds a constant that is not per image from the input (its device) before the layer
+    and uses it after: the tail cannot take rows of it, so the split must be refused."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stem(x)
+        shift = torch.full((6, 1, 1), 0.1, device=x.device)
+        y = self.relu(self.mix(self.body(h)) + h + shift)
+        return self.fc(y.mean(dim=(2, 3)))
 
 
 class Bomb(nn.Module):
@@ -387,6 +398,7 @@ def test_ablationcam_matches_loop_reference(net, x, split):
 
 
 @pytest.mark.parametrize("model_class, layer, targets", [(ResidualNet, "body", TARGETS),
+                                                          (ReadsBatchSize, "body", TARGETS),
                                                           (TinyCNN, "features", [[0, 1], [2, 0]])])
 def test_ablation_split_path_equals_full_forward_path(x, model_class, layer, targets):
     torch.manual_seed(0)
@@ -399,7 +411,7 @@ def test_ablation_split_path_equals_full_forward_path(x, model_class, layer, tar
 
 
 @pytest.mark.parametrize("model_class, reason", [(Untraceable, "cannot trace"),
-                                                 (BakedBatch, "cut model")])
+                                                 (ConstantFromInput, "not per image")])
 def test_ablation_falls_back_when_the_split_is_unusable(x, model_class, reason):
     torch.manual_seed(0)
     model = model_class().eval()

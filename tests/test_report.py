@@ -20,14 +20,17 @@ import camkit
 from camkit.viz import colorize
 from camkit.viz.report import (
     ReportItem,
+    ReportSection,
     Target,
     evaluation_metrics,
     explanation_to_html,
+    grid_rows,
     render_report,
     report_from_results,
     report_item,
     report_items,
     save_explanation,
+    save_grid,
 )
 from tests.models import TinyCNN, TinyDeepHead
 
@@ -374,3 +377,54 @@ def test_custom_score_targets_are_numbered(tmp_path: Path) -> None:
     assert [t.label for t in item.targets] == ["target 1", "target 2"]
     assert [t.probability for t in item.targets] == [None, None]
     assert [t.score for t in item.targets] == pytest.approx(expl.scores[0].tolist())
+
+
+def test_sections_group_their_items_text_and_metrics(explained) -> None:
+    expl, views = explained
+    first, second = report_items(expl, views, CLASSES, names=["a.png", "b.png"])
+    parsed = Page(render_report([
+        constant_item(),
+        ReportSection("Part <one>", [first], "Some <i>text</i>", {"gradcam": {"m": 1.0}}),
+        ReportSection("Part two", [second]),
+    ]))
+    parts = parsed.find("section", "part")
+    assert [parsed.one("h2", "part-title", p).text for p in parts] == ["Part <one>", "Part two"]
+    assert parsed.one("p", "part-text", parts[0]).text == "Some <i>text</i>"
+    assert parsed.one("table", "metrics", parts[0]).ancestors[-2].attrs["id"] == "metrics-2"
+    assert not parsed.find("table", "metrics", parts[1])
+    items = parsed.find("section", "item")
+    assert [i.attrs["id"] for i in items] == ["item-1", "item-2", "item-3"]
+    assert not any(a.has_class("part") for a in items[0].ancestors)
+    for item, part in zip(items[1:], parts, strict=True):
+        assert any(a is part for a in item.ancestors)
+    for n, item in enumerate(items, 1):
+        assert {e.attrs["class"] for e in parsed.find("div", "stack", item)} == {f"stack bg-{n}"}
+    links = [a.attrs["href"] for a in parsed.find("a", inside=parsed.one("nav"))]
+    assert links == ["#item-1", "#part-2", "#item-2", "#part-3", "#item-3"]
+
+
+def gallery_item() -> ReportItem:
+    pictures = [np.full((8, 8, 3), v, np.uint8) for v in (10, 200)]
+    return ReportItem("query", np.zeros((16, 16, 3), np.uint8), [Target("t")],
+                      {"m": np.zeros((1, 4, 4))},
+                      gallery=[(pictures[0], "near <1>"), (pictures[1], "far")],
+                      gallery_title="Nearest")
+
+
+def test_gallery_pictures_are_shown_with_their_captions() -> None:
+    parsed = Page(render_report([gallery_item()]))
+    gallery = parsed.one("div", "gallery", parsed.one("div", "side"))
+    assert parsed.one("h3", inside=gallery).text == "Nearest"
+    assert [e.text for e in parsed.find("figcaption", inside=gallery)] == ["near <1>", "far"]
+    assert [decode(e.attrs["src"])[0, 0, 0] for e in parsed.find("img", inside=gallery)] == [
+        10, 200]
+    assert not Page(render_report([constant_item()])).find("div", "gallery")
+
+
+def test_png_grid_has_the_target_rows_then_the_gallery(tmp_path: Path) -> None:
+    item = gallery_item()
+    assert [[title for _, title in row] for row in grid_rows(item)] == [
+        ["query: t", "m"], ["near <1>", "far"]]
+    one = Image.open(save_grid([item], tmp_path / "one.png"))
+    two = Image.open(save_grid([item, item], tmp_path / "two.png"))
+    assert two.size[0] == one.size[0] and two.size[1] > 1.9 * one.size[1]

@@ -107,7 +107,9 @@ def resolve_layer(
     return layer, find_layer(model, layer)
 
 
-def _options_for(methods: list[Method], options: dict[str, Any]) -> list[dict[str, Any]]:
+def check_options(methods: list[Method], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each method's share of ``options``; a ``TypeError`` naming what the methods accept when
+    an option belongs to none of them."""
     known = {name for m in methods for name in m.options}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -169,7 +171,7 @@ def explain(
     """
     names = [methods] if isinstance(methods, str) else list(methods)
     chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
-    per_method_options = _options_for(chosen, options)
+    per_method_options = check_options(chosen, options)
     inputs = as_inputs(x)
     layer_name, module = resolve_layer(model, layer, inputs)
     needs = frozenset().union(*(m.needs for m in chosen))

@@ -48,7 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from . import api
-from .data.images import load_image, to_tensor
+from .data.images import Preprocess, load_image, to_tensor
+from .data.mosaic import ImageNetGrid
 from .data.multilabel import Skipped
 from .data.samples import imagenet_samples, quokka, resize_annotated
 from .methods import registry
@@ -79,6 +80,7 @@ from .metrics.scoring import Confidence, confidence_function, make_scorer
 from .metrics.stats import Summary, summarize
 from .progress import Progress
 from .targets import logits_of
+from .viz.report import evaluation_metrics, report_items, write_report
 from .zoo import LoadedModel, class_index, load_model
 
 # ---------------------------------------------------------------------------------------------
@@ -1001,9 +1003,15 @@ def _folder_files(folder: Path, class_names: Sequence[str]) -> list[tuple[Path, 
 
 def data_from_spec(spec: str, loaded: LoadedModel) -> tuple[Any, tuple[str, ...]]:
     """A data set for ``loaded`` from a command-line spec, and the region kinds it annotates:
-    ``imagenet-samples`` (foolbox's 20 labelled ImageNet photos), ``quokka`` (imgaug's photo
-    with its box and mask), ``folder:DIR`` (see :func:`_folder_files`; masks from
-    ``NAME.mask.png``)."""
+    ``imagenet-samples`` (foolbox's 20 labelled ImageNet photos), ``imagenet-grid[:N]`` (``N``,
+    default 8, 2×2 grid mosaics of those photos for the grid pointing game), ``quokka``
+    (imgaug's photo with its box and mask), ``folder:DIR`` (see :func:`_folder_files`; masks
+    from ``NAME.mask.png``)."""
+    kind, _, count = spec.partition(":")
+    if kind == "imagenet-grid" and (count.isdigit() or not count):
+        grids = ImageNetGrid(int(count or 8), loaded.preprocess, class_names=loaded.class_names,
+                             width=len(loaded.class_names))
+        return grids, ("cells",)
     if spec == "imagenet-samples":
         files = [(s.path, s.label) for s in imagenet_samples()]
         return ImageFiles(files, loaded), ()
@@ -1017,7 +1025,35 @@ def data_from_spec(spec: str, loaded: LoadedModel) -> tuple[Any, tuple[str, ...]
         files = _folder_files(Path(spec.removeprefix("folder:")), loaded.class_names)
         has_masks = any(p.with_name(p.stem + ".mask.png").exists() for p, _ in files)
         return ImageFiles(files, loaded), ("mask",) if has_masks else ()
-    raise ValueError(f"unknown data spec {spec!r}; use imagenet-samples, quokka or folder:DIR")
+    raise ValueError(f"unknown data spec {spec!r}; use imagenet-samples, imagenet-grid[:N], "
+                     "quokka or folder:DIR")
+
+
+def _picture(x: Tensor, preprocess: Preprocess) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 picture of a ``(3, H, W)`` tensor normalised by ``preprocess``."""
+    mean, std = (x.new_tensor(v).view(3, 1, 1) for v in (preprocess.mean, preprocess.std))
+    rgb = ((x * std + mean).clamp(0, 1) * 255).round().byte()
+    return rgb.permute(1, 2, 0).cpu().numpy()
+
+
+def write_evaluation_report(path: str | Path, results: Results, model: nn.Module, data: Any,
+                            layer: Any, loaded: LoadedModel, images: int = 4) -> Path:
+    """The HTML report of an evaluation: the method × metric table of ``results`` (mean, 95 %
+    interval, explanation time), the first ``images`` samples of ``data`` explained by every
+    evaluated method (for the targets the run used: labels or predictions), and the settings.
+
+    ``data``'s images are tensors normalised by ``loaded.preprocess``, as
+    :func:`data_from_spec` gives them."""
+    samples = [as_sample(data[i], i) for i in range(min(images, len(data)))]
+    items = []
+    if samples:
+        batch = _stack(samples, _model_device(model), results.settings["targets"] == "label")
+        expl = api.explain(model, batch.x, batch.targets, results.methods, layer,
+                           seed=results.settings["seed"])
+        items = report_items(expl, [_picture(x, loaded.preprocess) for x in batch.x],
+                             loaded.class_names, names=[s.name for s in samples])
+    return write_report(path, items, results.settings, evaluation_metrics(results),
+                        title="camkit evaluation")
 
 
 def _names(text: str) -> list[str]:
@@ -1040,13 +1076,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Explain every image with every method, score the maps with every metric "
                     "and write a method × metric table (mean and 95 %% CI, time per image) as "
                     "results.md, results.csv and results.json.")
-    ev.add_argument("--data", required=True, help="imagenet-samples, quokka or folder:DIR")
+    ev.add_argument("--data", required=True,
+                    help="imagenet-samples, imagenet-grid[:N], quokka or folder:DIR")
     ev.add_argument("--methods", default="gradcam", help="comma-separated (camkit methods)")
     ev.add_argument("--metrics", default="auto",
                     help=f"comma-separated from {', '.join(METRICS)}; auto: "
                          f"{', '.join(DEFAULT_METRICS)} and the localisation metrics the data "
                          "has regions for")
     ev.add_argument("--out", default="runs/evaluate", help="output folder")
+    ev.add_argument("--report", default=None, metavar="HTML",
+                    help="also write a self-contained HTML report: the table, the first "
+                         "--report-images images explained by every method, the settings")
+    ev.add_argument("--report-images", type=int, default=4, metavar="N",
+                    help="images shown in the --report (default 4)")
     ev.add_argument("--arch", default="efficientnet-lite0", help="as for camkit explain")
     ev.add_argument("--weights", default=None, help="a local state dict for --arch")
     ev.add_argument("--layer", default=None, help="target layer; default per model")
@@ -1074,6 +1116,10 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, limit=args.limit, progress=args.progress)
     results.settings = {"data": args.data, "model": args.arch, **results.settings}
     paths = results.save(args.out)
+    if args.report:
+        paths["html"] = write_evaluation_report(args.report, results, loaded.model, data,
+                                                args.layer or loaded.layer, loaded,
+                                                args.report_images)
     print(results.to_markdown())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     for failure in results.failures:

@@ -7,15 +7,23 @@ the model's output; the head computes those side values once per call from the r
 Ablation-CAM then evaluates C ablated activations with C runs of the tail instead of C full
 forward passes (DESIGN principle 5).
 
-Splits are cached per model, layer and train/eval mode. Every use is first checked
+Modules whose class derives from a torch.nn layer (say a ``BatchNorm2d`` subclass) are kept as
+opaque calls too, unless they contain the cut: torch.fx cannot trace the input checks inside
+them. When the model cannot be cut at the layer itself, it is cut at the nearest enclosing
+module whose output is the layer's output (the layer is its last operation, e.g. an activation
+module inside a normalisation module).
+
+Splits are cached per model, cut module and train/eval mode. Every use is first checked
 numerically: the tail must reproduce the model's own scores from the captured activation, on
-a batch of a different size than the input's (which catches a batch size baked into the trace).
+a batch of a different size than the input's (which catches a batch size baked into the trace),
+and a cut above the layer must also agree with full forward passes on a modified activation.
 Whatever cannot be traced or fails the check raises :class:`SplitError`; callers then fall
 back to full forward passes.
 """
 
 from __future__ import annotations
 
+import operator
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,15 +66,33 @@ class Split:
         return run
 
 
-class _Tracer(fx.Tracer):
-    """The default tracer, with the target layer kept as a single call."""
+_CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
-    def __init__(self, layer: nn.Module) -> None:
+
+def _torch_layer_subclass(m: nn.Module) -> bool:
+    """Whether ``m``'s class derives from a torch.nn layer class (containers do not count)."""
+    return any(c.__module__.startswith("torch.nn") and c not in _CONTAINERS
+               for c in type(m).__mro__[1:])
+
+
+class _Tracer(fx.Tracer):
+    """The default tracer, with the cut module (if any) and subclasses of torch.nn layers that
+    do not contain it kept as single calls."""
+
+    def __init__(self, cut: nn.Module | None = None) -> None:
         super().__init__()
-        self.layer = layer
+        self.cut = cut
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return m is self.layer or super().is_leaf_module(m, module_qualified_name)
+        return (m is self.cut or super().is_leaf_module(m, module_qualified_name)
+                or (_torch_layer_subclass(m) and not any(c is self.cut for c in m.modules())))
+
+
+def traced(model: nn.Module) -> fx.GraphModule:
+    """``model`` traced by torch.fx as a GraphModule that shares its modules, with subclasses of
+    torch.nn layers kept as single calls (tracing runs ``forward`` on proxies: trace a copy of
+    a model whose forward assigns attributes). Raises what torch.fx raises."""
+    return fx.GraphModule(model, _Tracer().trace(model))
 
 
 def _ancestors(nodes: list[fx.Node], stop: fx.Node | None = None) -> set[fx.Node]:
@@ -81,6 +107,22 @@ def _ancestors(nodes: list[fx.Node], stop: fx.Node | None = None) -> set[fx.Node
         if node is not stop:
             stack.extend(node.all_input_nodes)
     return seen
+
+
+def _is_batch_size(node: fx.Node) -> bool:
+    """Whether ``node`` reads the batch size of a model input: ``x.size(0)`` or ``x.shape[0]``."""
+    if node.op == "call_method" and node.target == "size":
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        source = node.args[0]
+    elif node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
+        shape, dim = node.args[0], 0
+        if not (isinstance(shape, fx.Node) and shape.op == "call_function"
+                and shape.target is getattr and shape.args[1] == "shape"):
+            return False
+        source = shape.args[0]
+    else:
+        return False
+    return dim == 0 and isinstance(source, fx.Node) and source.op == "placeholder"
 
 
 def _cut(root: fx.GraphModule, cut: fx.Node) -> Split:
@@ -100,13 +142,17 @@ def _cut(root: fx.GraphModule, cut: fx.Node) -> Split:
     needed = _ancestors([output], stop=cut)
     tail_nodes = (needed & after) - {cut}
     boundary = {n for t in tail_nodes for n in t.all_input_nodes if n not in after}
-    side = [n for n in nodes if n in boundary and n in from_inputs]
+    # The batch size of an input is the activation's: read it there, never bake it in.
+    batch_sizes = [n for n in nodes if n in boundary and _is_batch_size(n)]
+    side = [n for n in nodes if n in boundary and n in from_inputs and n not in batch_sizes]
     constants = _ancestors([n for n in boundary if n not in from_inputs])
 
     tail = fx.Graph()
     env: dict[fx.Node, fx.Node] = {cut: tail.placeholder("activation")}
     for i, node in enumerate(side):
         env[node] = tail.placeholder(f"side_{i}")
+    for node in batch_sizes:
+        env[node] = tail.call_method("size", (env[cut], 0))
     for node in nodes:
         if node not in env and (node in tail_nodes or node in constants):
             env[node] = tail.node_copy(node, env.__getitem__)
@@ -147,7 +193,7 @@ def _trace(model: nn.Module, layer: nn.Module) -> Split:
     return _cut(root, calls[0])
 
 
-# model -> layer -> training flag -> Split or the SplitError it raised
+# model -> cut module -> training flag -> Split or the SplitError it raised
 _cache: weakref.WeakKeyDictionary[nn.Module, weakref.WeakKeyDictionary[nn.Module, dict]] = (
     weakref.WeakKeyDictionary()
 )
@@ -172,38 +218,77 @@ def _param_dtype(model: nn.Module) -> torch.dtype:
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
-def checked_tail(model: nn.Module, layer: nn.Module, inputs: tuple[Tensor, ...],
-                 activation: Tensor, scores: Tensor, score: Scores,
-                 rtol: float = 1e-4) -> Callable[[Tensor, Tensor], Tensor]:
-    """``f(activation (n, C, h, w), rows) -> (n, K)`` float32 target scores computed by the part
-    of ``model`` after ``layer`` only.
+def _close(got: Tensor, expected: Tensor, rtol: float) -> bool:
+    scale = float(expected.abs().max().clamp(min=1.0))
+    return got.shape == expected.shape and torch.allclose(got, expected, rtol=rtol,
+                                                          atol=rtol * scale)
 
-    ``activation`` ``(B, C, h, w)`` is the layer's captured output and ``scores`` ``(B, K)`` the
-    model's target scores for it; the tail must reproduce them (relative tolerance ``rtol``)
-    on the rows ``0..B-1, 0``, else a cached split is re-traced once and then
-    :class:`SplitError` is raised. Runs without gradients."""
+
+def _enclosing(model: nn.Module, layer: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the modules that contain ``layer``, nearest first, without the
+    model itself."""
+    names = {id(m): name for name, m in model.named_modules()}
+    name = names.get(id(layer), "")
+    parts = name.split(".")[:-1]
+    return [(".".join(parts[:i]), model.get_submodule(".".join(parts[:i])))
+            for i in range(len(parts), 0, -1)]
+
+
+def _checked_cut(model: nn.Module, cut: nn.Module, inputs: tuple[Tensor, ...],
+                 probes: list[tuple[Tensor, Tensor]], score: Scores,
+                 rtol: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """The scorer of the tail after ``cut`` once it reproduces every ``(activation, scores)``
+    probe (rows ``0..B-1, 0``); a cached split is re-traced once, then :class:`SplitError`."""
     dtype = _param_dtype(model)
-    rows = torch.cat([torch.arange(len(activation)), torch.zeros(1, dtype=torch.long)])
-    rows = rows.to(activation.device)
-    expected = scores[rows]
+    rows = torch.cat([torch.arange(len(inputs[0])), torch.zeros(1, dtype=torch.long)])
+    rows = rows.to(probes[0][0].device)
     problem = ""
     for fresh in (False, True):
-        split = split_model(model, layer, fresh=fresh)
+        split = split_model(model, cut, fresh=fresh)
         try:
             with torch.no_grad():
                 run = split.bind(inputs)
-                got = score(run(activation[rows].to(dtype), rows), rows).float()
+                ok = all(_close(score(run(a[rows].to(dtype), rows), rows).float(), s[rows], rtol)
+                         for a, s in probes)
         except Exception as error:  # noqa: BLE001 - a tail that fails to run is not usable
             problem = str(error) if isinstance(error, SplitError) else (
                 f"the cut model failed to run ({type(error).__name__}: {error})")
             continue
-        scale = float(expected.abs().max().clamp(min=1.0))
-        if got.shape == expected.shape and torch.allclose(got, expected, rtol=rtol,
-                                                          atol=rtol * scale):
+        if ok:
             return _scoring(run, score, dtype)
         problem = "the cut model does not reproduce the model's scores"
-    _cache[model][layer][model.training] = SplitError(problem)
+    _cache[model][cut][model.training] = SplitError(problem)
     raise SplitError(problem)
+
+
+def checked_tail(model: nn.Module, layer: nn.Module, inputs: tuple[Tensor, ...],
+                 activation: Tensor, scores: Tensor, score: Scores,
+                 full: Callable[[Tensor, Tensor], Tensor], rtol: float = 1e-4,
+                 ) -> tuple[Callable[[Tensor, Tensor], Tensor], str]:
+    """``f(activation (n, C, h, w), rows) -> (n, K)`` float32 target scores computed by the part
+    of ``model`` after ``layer`` only, and the name of the module where the model was cut.
+
+    ``activation`` ``(B, C, h, w)`` is the layer's captured output and ``scores`` ``(B, K)`` the
+    model's target scores for it; the tail must reproduce them (relative tolerance ``rtol``).
+    A cut at an enclosing module must also reproduce ``full(modified, rows)``, the scores of
+    full forward passes with the layer's output replaced, on a modified activation (its
+    channels in reverse order). Raises :class:`SplitError` with the reason the layer itself
+    could not be cut when no cut passes. Runs without gradients."""
+    try:
+        return _checked_cut(model, layer, inputs, [(activation, scores)], score, rtol), ""
+    except SplitError as error:
+        problem = error
+    enclosing = _enclosing(model, layer)
+    if enclosing:
+        modified = activation.flip(1)
+        rows = torch.arange(len(activation), device=activation.device)
+        probes = [(activation, scores), (modified, full(modified, rows))]
+    for name, module in enclosing:
+        try:
+            return _checked_cut(model, module, inputs, probes, score, rtol), name
+        except SplitError:
+            continue
+    raise problem
 
 
 def _scoring(run: Callable[[Tensor, Tensor], Any], score: Scores,

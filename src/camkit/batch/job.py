@@ -133,7 +133,7 @@ class Job:
         if not names:
             raise ValueError("methods is empty; name at least one (camkit methods lists them)")
         chosen = [registry.get_method(n) for n in names]
-        api._options_for(chosen, options)  # unknown options: the engine's own message
+        api.check_options(chosen, options)  # unknown options: the engine's own message
         _check_json(options)
         layer = layer or loaded.layer
         find_layer(loaded.model, layer)

@@ -168,9 +168,12 @@ class MosaicMultiLabel(Dataset):
         if absent:
             raise ValueError(f"the pool has no image of class(es) {absent}")
         cells, k = grid[0] * grid[1], len(self.classes)
-        if k > cells and not fill or k < cells and fill:
+        if k < cells and fill:
+            raise ValueError(f"fill needs at least as many classes as cells: {k} classes on a "
+                             f"{grid[0]}×{grid[1]} grid")
+        if k > cells and not fill:
             raise ValueError(f"{k} classes on a {grid[0]}×{grid[1]} grid: need at least as many "
-                             f"cells as classes{' (as many classes as cells with fill)' * fill}")
+                             "cells as classes (or fill=True)")
         self.cooccur, self.imbalance = dict(cooccur or {}), dict(imbalance or {})
         check_dials(k, self.cooccur, self.imbalance)
         self.pool, self.n, self.grid, self.presence, self.fill = pool, n, grid, presence, fill

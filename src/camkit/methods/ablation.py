@@ -3,9 +3,10 @@
 Channel ``k`` is weighted by the relative drop of the target score when it is set to 0,
 ``w_k = (s − s_k) / s``. Each ablation needs one evaluation of the network after the target
 layer only: when :mod:`camkit.split` can cut the model there, only that part is re-run
-(``notes["ablationcam"]["path"] == "split"``); otherwise full forward passes with the layer's
-output replaced (``"full-forward"``, with the reason). Channels that are already all zero are
-not evaluated: ablating them changes nothing, so ``s_k = s`` exactly.
+(``notes["ablationcam"]["path"] == "split"``, with ``"cut"`` naming the enclosing module where
+the model was cut when that is not the layer itself); otherwise full forward passes with the
+layer's output replaced (``"full-forward"``, with the reason). Channels that are already all
+zero are not evaluated: ablating them changes nothing, so ``s_k = s`` exactly.
 """
 
 from __future__ import annotations
@@ -62,11 +63,12 @@ def _rescorer(layer_pass: LayerPass, split: bool) -> tuple[Scorer, int, dict[str
         reason = "the engine gave no function to score model outputs"
     elif split:
         try:
-            tail = splitting.checked_tail(
+            tail, cut = splitting.checked_tail(
                 layer_pass.model, layer_pass.layer, layer_pass.inputs, acts,
-                layer_pass.scores, layer_pass.score_outputs,
+                layer_pass.scores, layer_pass.score_outputs, layer_pass.rescore_activations,
             )
-            return tail, acts[0].numel() * 4 * TAIL_MEMORY_FACTOR, {"path": "split"}
+            path = {"path": "split"} | ({"cut": cut} if cut else {})
+            return tail, acts[0].numel() * 4 * TAIL_MEMORY_FACTOR, path
         except splitting.SplitError as error:
             reason = str(error)
     item_bytes = forward_bytes(layer_pass.inputs) + acts[0].numel() * 4

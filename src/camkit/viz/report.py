@@ -5,7 +5,9 @@ and the few lines of script are inline, so the file opens from disk, travels as 
 and prints. Per image it shows the input, the predicted classes, one row per target class
 with one panel per method, and a button that switches every panel between the overlay and
 the raw map; then the metrics table (when given) and the settings and package versions that
-reproduce the result.
+reproduce the result. Images may be grouped into titled parts (:class:`ReportSection`, each
+with a short text and its own metrics table), and an image may carry a small gallery of
+related pictures (its nearest neighbours in an embedding, say).
 
 Overlays are blended by the browser, with the same formula as :func:`camkit.viz.overlay`
 (``(1 - alpha) * image + alpha * colour``, adjustable on the page): each panel stacks its
@@ -27,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -78,6 +81,8 @@ class ReportItem:
         raw: ``method -> (K, h, w)`` maps before ReLU, upsampling and normalisation, shown
             by the page's raw view; a method without one shows its normalised map there.
         predictions: ``(class name, probability)``, best first.
+        gallery: related pictures with their captions, shown small beside the input (the
+            nearest neighbours of an embedding, say), under the heading ``gallery_title``.
     """
 
     name: str
@@ -86,6 +91,8 @@ class ReportItem:
     maps: Mapping[str, Any]
     raw: Mapping[str, Any] = field(default_factory=dict)
     predictions: Sequence[tuple[str, float]] = ()
+    gallery: Sequence[tuple[ImageLike, str]] = ()
+    gallery_title: str = "Related images"
 
     def __post_init__(self) -> None:
         self.image = as_rgb_array(self.image)
@@ -100,6 +107,20 @@ class ReportItem:
         if extra:
             raise ValueError(f"raw maps {extra} of {self.name!r} have no normalised maps")
         self.predictions = list(self.predictions)
+        self.gallery = [(as_rgb_array(picture), str(caption)) for picture, caption in self.gallery]
+
+
+@dataclass
+class ReportSection:
+    """A titled part of the report: a short text, its own metrics table and its images."""
+
+    title: str
+    items: Sequence[ReportItem]
+    text: str = ""
+    metrics: Metrics | None = None
+
+    def __post_init__(self) -> None:
+        self.items = list(self.items)
 
 
 def _stack(value: Any, k: int, what: str, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -262,7 +283,7 @@ def save_explanation(
     items = report_items(expl, images, class_names, names=names)
     report = write_report(out / "report.html", items,
                           _explanation_settings(expl, settings), metrics, alpha=alpha)
-    rows = [_grid_rows(item, alpha) for item in items]
+    rows = [grid_rows(item, alpha) for item in items]
     figure = save_png(grid([r for item_rows in rows for r in item_rows]), out / "grid.png")
     stems = _unique_stems([item.name for item in items])
     grids = [save_png(grid(r), out / "grids" / f"{s}.png") for r, s in zip(rows, stems,
@@ -270,10 +291,19 @@ def save_explanation(
     return SavedExplanation(report, figure, grids, _save_maps(expl, out / "maps.npz"))
 
 
-def _grid_rows(item: ReportItem, alpha: float) -> list[list[tuple[np.ndarray, str]]]:
-    return [[(item.image, f"{item.name}: {target.label}"),
+def grid_rows(item: ReportItem, alpha: float = 0.5) -> list[list[tuple[np.ndarray, str]]]:
+    """The rows of ``item``'s PNG figure (for :func:`camkit.viz.grid`): per target, the input
+    and each method's overlay; then, when it has any, the item's gallery pictures."""
+    rows = [[(item.image, f"{item.name}: {target.label}"),
              *((overlay(item.image, maps[k], alpha), m) for m, maps in item.maps.items())]
             for k, target in enumerate(item.targets)]
+    return rows + ([list(item.gallery)] if item.gallery else [])
+
+
+def save_grid(items: Sequence[ReportItem], path: str | os.PathLike[str], alpha: float = 0.5
+              ) -> Path:
+    """One PNG figure of ``items`` (the :func:`grid_rows` of each, top to bottom)."""
+    return save_png(grid([row for item in items for row in grid_rows(item, alpha)]), path)
 
 
 def _unique_stems(names: Sequence[str]) -> list[str]:
@@ -348,7 +378,7 @@ def evaluation_metrics(results: Any) -> dict[str, dict[str, MetricValue]]:
 
 def write_report(
     path: str | os.PathLike[str],
-    items: Sequence[ReportItem],
+    items: Sequence[ReportItem | ReportSection],
     settings: Mapping[str, Any] | None = None,
     metrics: Metrics | None = None,
     *,
@@ -364,7 +394,7 @@ def write_report(
 
 
 def render_report(
-    items: Sequence[ReportItem],
+    items: Sequence[ReportItem | ReportSection],
     settings: Mapping[str, Any] | None = None,
     metrics: Metrics | None = None,
     *,
@@ -373,23 +403,25 @@ def render_report(
 ) -> str:
     """The report as one HTML document.
 
-    ``items`` may be empty (a metrics-only report); ``settings`` are shown as given, followed
-    by the Python, platform and package versions; ``alpha`` is the initial overlay opacity.
+    ``items`` may be empty (a metrics-only report) and may mix images with
+    :class:`ReportSection` parts, shown in the given order; ``settings`` are shown as given,
+    followed by the Python, platform and package versions; ``alpha`` is the initial overlay
+    opacity.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    items = list(items)
-    inputs = [_png_uri(Image.fromarray(item.image)) for item in items]
+    parts = _as_sections(items)
+    flat = [item for part in parts for item in part.items]
+    inputs = [_png_uri(Image.fromarray(item.image)) for item in flat]
     backgrounds = "".join(f'.bg-{i}{{background-image:url("{uri}")}}\n'
                           for i, uri in enumerate(inputs, 1))
     body = "".join([
-        _header(title, items, alpha),
+        _header(title, flat, alpha),
         "<main>",
-        _nav(items),
-        f'<p class="reading intro">{_READING}</p>\n' if items else "",
+        _nav(parts),
+        f'<p class="reading intro">{_READING}</p>\n' if flat else "",
         _metrics_section(metrics) if metrics else "",
-        *(_item_section(i, item, uri) for i, (item, uri) in enumerate(zip(items, inputs,
-                                                                          strict=True), 1)),
+        *_parts_html(parts, inputs),
         _settings_section(settings or {}),
         "</main>",
     ])
@@ -462,12 +494,46 @@ def _controls(alpha: float) -> str:
     )
 
 
-def _nav(items: list[ReportItem]) -> str:
-    if len(items) < 2:
+def _as_sections(entries: Sequence[ReportItem | ReportSection]) -> list[ReportSection]:
+    """The parts of the page: each run of images outside a section becomes an untitled one."""
+    parts: list[ReportSection] = []
+    for is_section, run in groupby(entries, key=lambda e: isinstance(e, ReportSection)):
+        group = list(run)
+        parts.extend(group if is_section else [ReportSection("", group)])
+    return parts
+
+
+def _nav(parts: list[ReportSection]) -> str:
+    titled = any(part.title for part in parts)
+    if sum(len(part.items) for part in parts) < 2 and not titled:
         return ""
-    links = "".join(f'<a href="#item-{i}" title="{_esc(item.name)}">{i}. {_esc(item.name)}</a>'
-                    for i, item in enumerate(items, 1))
-    return f'<nav class="toc" aria-label="images">{links}</nav>\n'
+    links, i = [], 0
+    for j, part in enumerate(parts, 1):
+        if part.title:
+            links.append(f'<a class="part-link" href="#part-{j}">{_esc(part.title)}</a>')
+        for item in part.items:
+            i += 1
+            links.append(f'<a href="#item-{i}" title="{_esc(item.name)}">{i}. '
+                         f"{_esc(item.name)}</a>")
+    return f'<nav class="toc" aria-label="contents">{"".join(links)}</nav>\n'
+
+
+def _parts_html(parts: list[ReportSection], inputs: list[str]) -> list[str]:
+    """Each part's heading, text and metrics (when titled), then its images, numbered
+    across the whole page."""
+    html_parts, i = [], 0
+    for j, part in enumerate(parts, 1):
+        items = "".join(_item_section(i + n, item, inputs[i + n - 1])
+                        for n, item in enumerate(part.items, 1))
+        i += len(part.items)
+        if not (part.title or part.text or part.metrics):
+            html_parts.append(items)
+            continue
+        text = f'<p class="part-text">{_esc(part.text)}</p>' if part.text else ""
+        metrics = _metrics_section(part.metrics, f"metrics-{j}") if part.metrics else ""
+        html_parts.append(f'<section class="part" id="part-{j}"><h2 class="part-title">'
+                          f"{_esc(part.title)}</h2>{text}\n{metrics}{items}</section>\n")
+    return html_parts
 
 
 _READING = (
@@ -488,7 +554,7 @@ def _item_section(i: int, item: ReportItem, image_uri: str) -> str:
         f'<h2><span class="index">{i}</span>{_esc(item.name)}</h2><div class="item-body">'
         f'<div class="side"><figure class="input"><img src="{image_uri}" '
         f'alt="input image {_esc(item.name)}"><figcaption>input, {width} × {height}'
-        f"</figcaption></figure>{_predictions(item.predictions)}</div>"
+        f"</figcaption></figure>{_predictions(item.predictions)}{_gallery(item)}</div>"
         f'<div class="targets">{rows}</div></div></section>\n'
     )
 
@@ -503,6 +569,18 @@ def _predictions(predictions: Sequence[tuple[str, float]]) -> str:
         for name, p in predictions
     )
     return f'<div class="preds"><h3>Predicted</h3><ol>{rows}</ol></div>'
+
+
+def _gallery(item: ReportItem) -> str:
+    if not item.gallery:
+        return ""
+    figures = "".join(
+        f'<figure><img src="{_png_uri(Image.fromarray(picture))}" alt="{_esc(caption)}">'
+        f'<figcaption title="{_esc(caption)}">{_esc(caption)}</figcaption></figure>'
+        for picture, caption in item.gallery
+    )
+    return (f'<div class="gallery"><h3>{_esc(item.gallery_title)}</h3>'
+            f'<div class="thumbs">{figures}</div></div>')
 
 
 def _target_row(i: int, item: ReportItem, k: int) -> str:
@@ -535,7 +613,7 @@ def _panel(i: int, item: ReportItem, method: str, k: int) -> str:
     )
 
 
-def _metrics_section(metrics: Metrics) -> str:
+def _metrics_section(metrics: Metrics, anchor: str = "metrics") -> str:
     columns = list(dict.fromkeys(name for row in metrics.values() for name in row))
     head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
     body = "".join(
@@ -544,7 +622,7 @@ def _metrics_section(metrics: Metrics) -> str:
         for method, row in metrics.items()
     )
     return (
-        '<section class="card" id="metrics"><h2>Metrics</h2><div class="table-wrap">'
+        f'<section class="card" id="{anchor}"><h2>Metrics</h2><div class="table-wrap">'
         f'<table class="metrics"><thead><tr><th>method</th>{head}</tr></thead>'
         f"<tbody>{body}</tbody></table></div>"
         '<p class="reading">Mean over the images, with its 95% confidence interval in '
@@ -641,6 +719,13 @@ padding:1px 0}
 .bar{height:7px;background:var(--line);border-radius:4px;overflow:hidden}
 .bar i{display:block;height:100%;background:var(--accent)}
 .pct{text-align:right;font-variant-numeric:tabular-nums}
+.gallery{margin-top:10px}
+.thumbs{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:6px}
+.thumbs img{display:block;width:100%;height:auto;border-radius:3px}
+.thumbs figcaption{display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.part-title{font-size:19px;margin:8px 0 6px}
+.part-text{max-width:900px;margin:0 0 14px}
+nav.toc a.part-link{font-weight:600;background:var(--accent);color:#fff}
 .targets{flex:1 1 380px;min-width:0}
 .target-row+.target-row{margin-top:14px;padding-top:12px;border-top:1px dashed var(--line)}
 .label{overflow-wrap:anywhere}
