@@ -51,7 +51,8 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/run.py
 
-# M-CAM's bias benchmark (about 25 min on 2 cores); rewrites its section of docs/evaluation.md.
+# M-CAM's bias benchmark (48 min on 2 cores shared with other jobs; --quick for a smoke test);
+# rewrites its section of docs/evaluation.md.
 bench-bias: $(VENV)/.bench-installed $(FASHION_MNIST)
 	$(PY) benchmarks/bench_bias.py --docs docs/evaluation.md
 

@@ -89,12 +89,25 @@ def test_cam_matches_fc_weights_by_hand(tiny, images):
     torch.testing.assert_close(expl.raw["cam"][:, 0], expected.detach(), **TOL)
 
 
+def test_gradcam_plus_plus_with_uniform_alpha_is_gradcam_of_positive_gradients():
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.rand(2, 3, 4, 5, generator=gen)
+    grads = torch.randn(2, 2, 3, 4, 5, generator=gen)
+    uniform = torch.full_like(grads, 1 / 20)
+    weights = gradient.positive_gradient_weights(uniform, grads)
+    torch.testing.assert_close(
+        gradient.weighted_sum(weights, acts), gradient.gradcam(acts, grads.clamp(min=0)), **TOL
+    )
+
+
 def test_gradcam_plus_plus_weights_equal_the_papers_alpha_form():
     gen = torch.Generator().manual_seed(0)
     acts = torch.randn(2, 3, 4, 5, generator=gen)  # signed: some channel sums are negative
     grads = torch.randn(2, 2, 3, 4, 5, generator=gen)
     grads[0, 0, 0, :2] = 0.0
-    torch.testing.assert_close(gradient.gradcam_plus_plus_weights(acts, grads),
+    alpha = gradient.gradcam_plus_plus_alpha(acts, grads)
+    assert (alpha[0, 0, 0, :2] == 0).all()  # α is 0 where g = 0, as the paper's 0/0
+    torch.testing.assert_close(gradient.positive_gradient_weights(alpha, grads),
                                gradcam_plus_plus_alpha_weights(acts, grads), **TOL)
 
 
@@ -122,7 +135,8 @@ def test_gradcam_plus_plus_closed_form_equals_general_formula_with_autograd():
     general = (alpha * d1.detach().clamp(min=0)).sum(dim=(-2, -1))  # (1, C)
 
     grads = (fc_w / (h * w))[None, None, :, None, None].expand(1, 1, c, h, w)
-    closed = gradient.gradcam_plus_plus_weights(acts, grads)[:, 0]
+    closed_alpha = gradient.gradcam_plus_plus_alpha(acts, grads)
+    closed = gradient.positive_gradient_weights(closed_alpha, grads)[:, 0]
     # The exact weights carry the positive factor Y = exp(s) that the closed form drops.
     torch.testing.assert_close(general / y_of(acts), closed, atol=1e-10, rtol=1e-8)
 

@@ -9,6 +9,24 @@ from camkit.data.images import (
     to_rgb,
     to_tensor,
 )
+from camkit.data.mosaic import (
+    ImageNetGrid,
+    ImagePool,
+    MosaicItem,
+    MosaicMultiLabel,
+    fashion_pool,
+    imagenet_pool,
+    mask_boxes,
+)
+from camkit.data.multilabel import (
+    ImageLoadError,
+    MultiLabelDataset,
+    MultiLabelImages,
+    Skipped,
+    collate_skipping,
+    dataset_from_spec,
+    to_unit_tensor,
+)
 from camkit.data.samples import (
     AnnotatedImage,
     SampleFile,
@@ -18,6 +36,7 @@ from camkit.data.samples import (
     quokka,
     resize_annotated,
 )
+from camkit.data.synthetic import SyntheticMultiLabel
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -34,4 +53,19 @@ __all__ = [
     "resize_annotated",
     "to_rgb",
     "to_tensor",
+    "ImageLoadError",
+    "ImageNetGrid",
+    "ImagePool",
+    "MosaicItem",
+    "MosaicMultiLabel",
+    "MultiLabelDataset",
+    "MultiLabelImages",
+    "Skipped",
+    "SyntheticMultiLabel",
+    "collate_skipping",
+    "dataset_from_spec",
+    "fashion_pool",
+    "imagenet_pool",
+    "mask_boxes",
+    "to_unit_tensor",
 ]

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .. import capture
 from ..layers import Reshape, to_spatial
-from ..methods.gradient import gradcam_plus_plus_weights
+from ..methods.gradient import gradcam_plus_plus_alpha, positive_gradient_weights
 from ..targets import logits_of
 from .triplets import triplet_loss
 
@@ -47,11 +47,12 @@ def gradcampp_weights(activations: Tensor, gradients: Tensor, sign: float = -1.0
     closed form of §3.3 (Chattopadhay et al. 2018, eq. 19) with ``g = sign · ∂L_t/∂A``:
     ``w_k = Σ_ij α_ij ReLU(g_ij)``, ``α_ij = g² / (2g² + (Σ_ab A^k_ab) g³)``.
 
-    Computed by the engine's :func:`~camkit.methods.gradient.gradcam_plus_plus_weights`.
+    Computed with the engine's Grad-CAM++ functions (:mod:`camkit.methods.gradient`).
     ``(B, C, h, w)`` and ``(B, T, C, h, w)`` → ``(B, T, C)``. The closed form assumes
     ``∂ⁿS/∂Aⁿ = 0`` for ``n ≥ 2``: exact for a piecewise-linear head, an approximation for
     the loss's squared distances (as the spec proposes)."""
-    return gradcam_plus_plus_weights(activations, sign * gradients)
+    signed = sign * gradients
+    return positive_gradient_weights(gradcam_plus_plus_alpha(activations, signed), signed)
 
 
 def top_m(weights: Tensor, m: int | None) -> tuple[Tensor, Tensor]:

@@ -25,23 +25,31 @@ def gradcam(activations: Tensor, gradients: Tensor) -> Tensor:
     return weighted_sum(gradients.mean(dim=(-2, -1)), activations)
 
 
-def gradcam_plus_plus_weights(activations: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM++ channel weights ``w_k = Σ_ij α_ij ReLU(g_ij)`` (Chattopadhay et al. 2018,
-    eq. 10) with the closed-form α of eq. 19 for ``Y = exp(s)``:
-    ``α_ij = g² / (2g² + (Σ_ab A^k_ab) g³)``, the sum over all positions of the channel.
+def gradcam_plus_plus_alpha(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM++ pixel coefficients (Chattopadhay et al. 2018, eq. 19, closed form for
+    ``Y = exp(s)``): ``α_ij = g² / (2g² + (Σ_ab A^k_ab) g³)``, ``(B, K, C, h, w)``.
 
-    Only ``g > 0`` contributes, and there ``α g = g / (2 + (Σ_ab A^k_ab) g)``: that is what is
-    computed, with ``r = ReLU(g)`` and 0 where the denominator vanishes (no epsilon).
-    ``(B, C, h, w)`` and ``(B, K, C, h, w)`` → ``(B, K, C)``."""
-    positive = gradients.clamp(min=0)
+    The sum ``Σ_ab A^k_ab`` is per channel over all positions, times ``g³`` at the same
+    position. Cancelling ``g²`` gives ``1 / (2 + (Σ_ab A^k_ab) g)``, which is what is computed;
+    α is 0 where the paper's denominator is 0 (``g = 0`` or ``2 + Σ A g = 0``), and no epsilon
+    is added, so tiny gradients keep their exact α."""
     channel_sum = activations.sum(dim=(-2, -1))[:, None, :, None, None]
-    denominator = torch.addcmul(torch.full((), 2.0, dtype=positive.dtype), channel_sum, positive)
-    return (positive / denominator).where(denominator != 0, 0.0).sum(dim=(-2, -1))
+    denominator = torch.addcmul(torch.full((), 2.0, dtype=gradients.dtype), channel_sum,
+                                gradients)
+    defined = (gradients != 0) & (denominator != 0)
+    return denominator.reciprocal().where(defined, 0.0)
+
+
+def positive_gradient_weights(alpha: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM++ channel weights ``w_k = Σ_ij α_ij ReLU(g_ij)`` (eq. 10), ``(B, K, C)``."""
+    return (alpha * gradients.clamp(min=0)).sum(dim=(-2, -1))
 
 
 def gradcam_plus_plus(activations: Tensor, gradients: Tensor) -> Tensor:
-    """Grad-CAM++ map ``Σ_k w_k A^k`` with :func:`gradcam_plus_plus_weights`."""
-    return weighted_sum(gradcam_plus_plus_weights(activations, gradients), activations)
+    """Grad-CAM++ map ``Σ_k w_k A^k`` with :func:`gradcam_plus_plus_alpha` and
+    :func:`positive_gradient_weights`."""
+    alpha = gradcam_plus_plus_alpha(activations, gradients)
+    return weighted_sum(positive_gradient_weights(alpha, gradients), activations)
 
 
 def xgradcam(activations: Tensor, gradients: Tensor) -> Tensor:
