@@ -244,10 +244,16 @@ def test_wrong_input_rank(tiny, x):
         camkit.explain(tiny, x, layer="features")
 
 
-def test_non_finite_input(tiny, images):
-    images[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input(tiny, images, bad):
+    images[0, 0, 0, 0] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
         camkit.explain(tiny, images, layer="features")
+
+
+def test_huge_finite_input_is_accepted(tiny, images):
+    images[:, :, :2] = 3e38  # finite values whose sum overflows to inf
+    camkit.explain(tiny, images, layer="features")
 
 
 def test_cam_without_a_gap_fc_head(deep, images):

@@ -86,9 +86,15 @@ def as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
             f"{tuple(first.shape)}"
         )
     for t in inputs:
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if t.is_floating_point() and _not_finite(t):
             raise ValueError("x contains NaN or infinite values; clean the input first")
     return inputs
+
+
+def _not_finite(t: Tensor) -> bool:
+    """Whether ``t`` holds a NaN or an infinity. A sum is finite when every term is (one cheap
+    reduction); only a non-finite sum, which overflow can also cause, takes the exact test."""
+    return not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all())
 
 
 def resolve_layer(

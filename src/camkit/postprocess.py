@@ -22,8 +22,8 @@ def minmax(maps: Tensor) -> tuple[Tensor, Tensor]:
     Returns ``(normalised maps, constant)`` where ``constant`` ``(B, K)`` flags maps with
     ``max == min``; those become all zeros instead of NaN."""
     flat = maps.flatten(2)
-    low, high = torch.aminmax(flat, dim=2, keepdim=True)
-    span = high - low
+    low = flat.amin(dim=2, keepdim=True)  # (amin, amax: many times faster than aminmax on CPU)
+    span = flat.amax(dim=2, keepdim=True) - low
     varies = span > 0
     scale = torch.where(varies, 1 / (span + EPS), 0.0)  # constant maps are scaled to zeros
     return (flat - low).mul_(scale).view_as(maps), ~varies.squeeze(2)
