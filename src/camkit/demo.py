@@ -388,11 +388,15 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
         f"otherwise {s.rarity:g} times as often as the other classes. On decorrelated test "
         "images (all classes independent) each map explains one class of the pair, "
         "present or not; the table scores every labelled class of "
-        f"{s.test} test images: energy on its own mask (↑) and on its partner's mask (↓).",
+        f"{s.test} test images: energy on its own mask (↑) and on its partner's mask (↓). "
+        "M-CAM's channel weights lie in [1/e, e], so its maps stay close to the sum of the "
+        "layer's channels and change little with the target class: read its lower share on "
+        "the partner together with its lower share on the target itself.",
         evaluation_metrics(results))
     return Part("mcam", section, [save_grid(items, out / "grids" / "mcam.png")],
-                f"test mAP: CNN {maps[0]:.2f}, memory {maps[1]:.2f}; energy on the partner: "
-                + ", ".join(f"{m} {leak(results, m):.0%}" for m in results.methods),
+                f"test mAP: CNN {maps[0]:.2f}, memory {maps[1]:.2f}; energy on object / partner: "
+                + ", ".join(f"{m} {energy(results, m, 'energy-mask'):.0%} / "
+                            f"{energy(results, m, 'energy-leak'):.0%}" for m in results.methods),
                 asdict(s), "reused" if reused else "trained")
 
 
@@ -406,9 +410,10 @@ def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMult
                     seed=s.seed, progress=progress)
 
 
-def leak(results: Results, method: str) -> float:
-    """The mean share of ``method``'s maps on the co-occurring partner's mask."""
-    return results.summary(method, "energy-leak").mean
+def energy(results: Results, method: str, metric: str) -> float:
+    """The mean share of ``method``'s maps on the target's own mask (``energy-mask``) or on its
+    co-occurring partner's mask (``energy-leak``)."""
+    return results.summary(method, metric).mean
 
 
 # -- part 3: embedding Grad-CAM by weight transfer ----------------------------------------------
