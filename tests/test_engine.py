@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import types
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 import camkit
+from camkit.postprocess import minmax, postprocess
 from camkit.targets import Similarity, TopK
 from tests.models import TinyCNN
 
@@ -207,6 +209,23 @@ def test_constant_maps_are_zeros_and_reported(images):
     assert torch.equal(expl["gradcam"], torch.zeros_like(expl["gradcam"]))
     assert expl.constant["gradcam"].all()
 
+
+
+@pytest.mark.parametrize("size", [(4, 5), (16, 12)])
+def test_postprocess_matches_its_formula_and_leaves_the_raw_maps_alone(size):
+    torch.manual_seed(0)
+    raw = torch.randn(2, 3, 4, 5)
+    before = raw.clone()
+    maps, constant = postprocess(raw, size)
+    up = torch.nn.functional.interpolate(before.clamp(min=0), size=size, mode="bilinear",
+                                         align_corners=False)
+    for b, k in np.ndindex(2, 3):
+        m = up[b, k]
+        assert torch.allclose(maps[b, k], (m - m.min()) / (m.max() - m.min() + 1e-7), atol=1e-6)
+    assert torch.equal(raw, before) and not constant.any()
+    copy_ = up.clone()
+    minmax(up)
+    assert torch.equal(up, copy_)
 
 # --- clear errors ---------------------------------------------------------------------------
 

@@ -16,17 +16,19 @@ def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
-def minmax(maps: Tensor) -> tuple[Tensor, Tensor]:
+def minmax(maps: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
     """Per-map min-max to [0, 1]: ``(M − min) / (max − min + 1e-7)``.
 
     Returns ``(normalised maps, constant)`` where ``constant`` ``(B, K)`` flags maps with
-    ``max == min``; those become all zeros instead of NaN."""
+    ``max == min``; those become all zeros instead of NaN. ``inplace=True`` normalises ``maps``
+    itself (for a caller that owns it: it saves allocating, and page-faulting, a copy)."""
     flat = maps.flatten(2)
     low = flat.amin(dim=2, keepdim=True)  # (amin, amax: many times faster than aminmax on CPU)
     span = flat.amax(dim=2, keepdim=True) - low
     varies = span > 0
     scale = torch.where(varies, 1 / (span + EPS), 0.0)  # constant maps are scaled to zeros
-    return (flat - low).mul_(scale).view_as(maps), ~varies.squeeze(2)
+    shifted = flat.sub_(low) if inplace else flat - low
+    return shifted.mul_(scale).view_as(maps), ~varies.squeeze(2)
 
 
 def postprocess(raw: Tensor, size: tuple[int, int], relu: bool = True) -> tuple[Tensor, Tensor]:
@@ -34,7 +36,7 @@ def postprocess(raw: Tensor, size: tuple[int, int], relu: bool = True) -> tuple[
 
     ``raw`` is ``(B, K, h, w)``; returns ``(maps (B, K, H, W) in [0, 1], constant (B, K))``.
     """
-    maps = raw.float().nan_to_num(0.0)
+    maps = raw.float().nan_to_num(0.0)  # a new tensor: the steps below may work in place
     if relu:
-        maps = maps.clamp(min=0)
-    return minmax(upsample(maps, size))
+        maps.clamp_(min=0)
+    return minmax(upsample(maps, size), inplace=True)
