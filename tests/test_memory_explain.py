@@ -78,7 +78,7 @@ def test_vectorised_slot_search_equals_algorithm_1_loop(temperature: float) -> N
     g = torch.Generator().manual_seed(1)
     queries = torch.rand(4, 8, generator=g, dtype=torch.float64)
     targets = torch.tensor([[0, 3], [4, 4], [1, 2], [2, 0]])
-    noise = SlotNoise(*(t.double() for t in draw_slot_noise(memory, 4,
+    noise = SlotNoise(*(t.double() for t in draw_slot_noise(memory,
                                                             torch.Generator().manual_seed(2))))
     with torch.no_grad():
         fast = slot_search(memory, queries, targets, noise)
@@ -95,8 +95,8 @@ def test_mcam_raw_maps_uses_the_documented_noise() -> None:
     targets = torch.tensor([[0, 1], [2, 3], [4, 0]])
     _, info = mcam_raw_maps(memory, f, targets, torch.Generator().manual_seed(9))
     g = torch.Generator().manual_seed(9)
-    along = torch.randn((3, memory.num_slots), generator=g)
-    rest = 2 * torch._standard_gamma(torch.full((3, memory.num_slots), 2.5), generator=g)
+    along = torch.randn((memory.num_slots,), generator=g)
+    rest = 2 * torch._standard_gamma(torch.full((memory.num_slots,), 2.5), generator=g)
     queries = f.mean(dim=(2, 3))
     with torch.no_grad():
         slots, found, _ = loop_search(memory, queries, targets,
@@ -112,7 +112,7 @@ def test_slot_noise_cosines_have_the_distribution_of_gaussian_keys() -> None:
     c, n = 12, 20000
     memory = BiasReducingMemory(c, (1, 1), 1, slots=n)
     q = torch.rand(1, c, generator=torch.Generator().manual_seed(0))
-    ours = _noise_logits(q, draw_slot_noise(memory, 1, torch.Generator().manual_seed(1)), 1.0)
+    ours = _noise_logits(q, draw_slot_noise(memory, torch.Generator().manual_seed(1)), 1.0)
     w = torch.randn(n, c, generator=torch.Generator().manual_seed(2))
     literal = F.cosine_similarity(w, q)
     grid = torch.linspace(-1, 1, 2001)
@@ -237,3 +237,38 @@ def test_explain_end_to_end_with_other_methods() -> None:
     again = camkit.explain(model, x, targets=[[0, 4], [1, 2]], methods=["mcam"],
                            layer="features", memory=memory, seed=3)
     assert torch.equal(expl["mcam"], again["mcam"])
+
+
+def test_an_image_gets_the_same_map_alone_or_in_any_batch() -> None:
+    """The slot noise is drawn per slot, not per batch row: with one seed, an image's map does
+    not depend on its batch (issue: Sensitivity's perturbed copies sit on other rows)."""
+    memory = random_memory(slots=12)
+    f = torch.rand(5, *memory.spatial.shape[1:], generator=torch.Generator().manual_seed(6))
+    targets = torch.tensor([[0, 1], [2, 3], [4, 0], [1, 1], [3, 2]])
+    maps, info = mcam_raw_maps(memory, f, targets, torch.Generator().manual_seed(3))
+    order = torch.tensor([3, 0, 4, 1, 2, 0])
+    shuffled, info_shuffled = mcam_raw_maps(memory, f[order], targets[order],
+                                            torch.Generator().manual_seed(3))
+    assert torch.equal(info_shuffled["slots"], info["slots"][order])
+    assert torch.allclose(shuffled, maps[order], rtol=1e-5, atol=1e-6)
+    for b in range(len(f)):
+        alone, _ = mcam_raw_maps(memory, f[b:b + 1], targets[b:b + 1],
+                                 torch.Generator().manual_seed(3))
+        assert torch.allclose(alone, maps[b:b + 1], rtol=1e-5, atol=1e-6)
+
+
+def test_sensitivity_to_a_vanishing_perturbation_is_vanishing() -> None:
+    """max-Sensitivity re-runs M-CAM on batches of perturbed copies; with the same seed every
+    copy searches under the image's own noise, so a 1e-6 perturbation barely moves the map."""
+    torch.manual_seed(0)
+    model = ShapeNet(classes=5, channels=6).eval()
+    x = torch.rand(4, 3, 32, 40)
+    memory = random_memory(slots=12)
+    memory.input_size = (32, 40)
+    targets = torch.tensor([[0], [1], [2], [3]])
+    explainer = camkit.metrics.method_explainer(model, "mcam", "features", seed=3,
+                                                memory=memory)
+    sensitivity = camkit.metrics.max_sensitivity(
+        explainer, x, explainer(x, targets), targets,
+        noise=camkit.metrics.Noise("uniform", 1e-6), n_samples=5, max_batch=7)
+    assert sensitivity.max() < 1e-3

@@ -35,29 +35,31 @@ class SlotNoise(NamedTuple):
     ``O(B·N)`` instead of ``O(B·N·c)``; the vector ``w = z q̂ + r e`` with any unit
     ``e ⊥ q̂`` reproduces it in a literal loop.
 
-    ``along``: ``z``, ``(B, N)``; ``rest``: ``r²``, ``(B, N)``. Entry ``[b, n]`` is the noise
-    that replaces key slot ``n`` for image ``b``, shared by the image's ``K`` targets."""
+    ``along``: ``z``, ``rest``: ``r²``, both ``(N,)``: entry ``n`` is the noise that replaces
+    key slot ``n``, for every image and target of the call (``(B, N)`` tensors, one row per
+    image, are accepted too). Drawing once per slot, not once per image and slot, keeps an
+    image's map independent of the batch it is explained in, and gives Sensitivity's perturbed
+    copies of an image the noise of the image itself (§4.4, pitfall 6): noise drawn per row
+    would change with the row an image lands on."""
 
     along: Tensor
     rest: Tensor
 
 
-def draw_slot_noise(
-    memory: BiasReducingMemory, batch: int, generator: torch.Generator | None
-) -> SlotNoise:
-    """Draw :class:`SlotNoise` for ``batch`` images, on the generator's device, in this order:
-    ``along = torch.randn((B, N), generator=generator)``, then ``rest = 2 ·
-    torch._standard_gamma(full((B, N), (c − 1) / 2), generator=generator)`` (χ²_{c−1} as
+def draw_slot_noise(memory: BiasReducingMemory, generator: torch.Generator | None) -> SlotNoise:
+    """Draw :class:`SlotNoise`, on the generator's device, in this order: ``along =
+    torch.randn((N,), generator=generator)``, then ``rest = 2 ·
+    torch._standard_gamma(full((N,), (c − 1) / 2), generator=generator)`` (χ²_{c−1} as
     2·Gamma((c−1)/2, 1))."""
     device = generator.device if generator is not None else memory.keys.device
-    shape = (batch, memory.num_slots)
+    shape = (memory.num_slots,)
     along = torch.randn(shape, generator=generator, device=device)
     shape_param = torch.full(shape, (memory.channels - 1) / 2, device=device)
     return SlotNoise(along, 2 * torch._standard_gamma(shape_param, generator=generator))
 
 
 def _noise_logits(queries: Tensor, noise: SlotNoise, temperature: float) -> Tensor:
-    """``cos(q_b, w_{b,n}) / T`` of each noise slot (see :class:`SlotNoise`): ``(B, c)`` →
+    """``cos(q_b, w_n) / T`` of each noise slot (see :class:`SlotNoise`): ``(B, c)`` →
     ``(B, N)``."""
     along, rest = noise.along.to(queries), noise.rest.to(queries)
     q_norm = queries.norm(dim=1, keepdim=True)
@@ -69,7 +71,7 @@ def slot_search(
 ) -> SlotSearch:
     """Algorithm 1 for all ``B`` images, ``K`` targets and ``N`` slots at once (§1.4).
 
-    For image ``b`` and slot ``i``, key slot ``i`` is replaced by noise ``[b, i]`` and the
+    For image ``b`` and slot ``i``, key slot ``i`` is replaced by noise ``i`` and the
     memory head re-scores: ``z'_i = fc(cat(p_i V, q))`` with ``p_i`` the address under the
     perturbed keys. The drop is ``z_ĉ − z'_{i,ĉ}`` with ``z`` the unperturbed head (§1.4 [P]).
 
@@ -169,7 +171,7 @@ def mcam_raw_maps(
     _check_targets(memory, activations, target_indices)
     target_indices = target_indices.long()
     queries = memory.pool(activations)
-    noise = draw_slot_noise(memory, activations.shape[0], generator)
+    noise = draw_slot_noise(memory, generator)
     search = slot_search(memory, queries, target_indices, noise)
     weights = channel_weights(channel_similarity(activations, memory.spatial[search.slots]))
     info = {"slots": search.slots, "found": search.found, "weights": weights,
