@@ -51,7 +51,7 @@ $(VENV)/.bench-installed: $(STAMP)
 bench: $(VENV)/.bench-installed
 	$(PY) benchmarks/run.py
 
-# M-CAM's bias benchmark (48 min on 2 cores shared with other jobs; --quick for a smoke test);
+# M-CAM's bias benchmark (8 min on 2 idle cores; --quick for a smoke test);
 # rewrites its section of docs/evaluation.md.
 bench-bias: $(VENV)/.bench-installed $(FASHION_MNIST)
 	$(PY) benchmarks/bench_bias.py --docs docs/evaluation.md

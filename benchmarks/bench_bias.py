@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
 import shlex
 import sys
 import time
@@ -42,9 +42,9 @@ from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.evaluate import METRICS, Results, data_from_spec, evaluate
 from camkit.memory import layer_features, mean_average_precision, train_memory
 from camkit.zoo import imagenet_classes, load_model
+from common import machine, update_marked_section
 
 THREADS = 2
-START, END = "<!-- bias:start -->", "<!-- bias:end -->"
 CLASSIC = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam",
            "ablationcam", "eigencam", "eigengradcam")
 METHODS = (*CLASSIC, "mcam")
@@ -64,14 +64,14 @@ PRETRAINED_OPTIONS = {"scorecam": {"max_channels": 128, "progress": False}}
 class Settings:
     """Sizes of the run (``QUICK`` for a smoke test)."""
 
-    seeds: int = 3
-    train: int = 1200
-    test: int = 48
+    seeds: int = 5
+    train: int = 2400
+    test: int = 192
     epochs: int = 10
     memory_epochs: int = 10
-    draws: int = 5  # perturbations of Infidelity and Sensitivity
+    draws: int = 10  # perturbations of Infidelity and Sensitivity
     presence: float = 0.5
-    grids: int = 3
+    grids: int = 8
 
 
 QUICK = Settings(seeds=2, train=300, test=12, epochs=3, memory_epochs=3, draws=3, grids=1)
@@ -256,13 +256,12 @@ def quality_line(qualities: Sequence[dict[str, float]]) -> str:
 
 
 def markdown(bias: dict[str, dict[str, Any]], pretrained: dict[str, Results], s: Settings,
-             command: str, wall: float) -> str:
+             command: str, wall: float, loads: tuple[float, float]) -> str:
     lines = ["## The bias benchmark (M-CAM against the classic methods)", "",
-             f"Command: `{command}`; whole run {wall / 60:.1f} min on "
-             f"{platform.processor() or platform.machine()} with torch limited to {THREADS} "
-             f"threads, torch {torch.__version__}, while other jobs shared the two cores (times "
-             f"are inflated and comparable only within a table). Settings: "
-             f"`{json.dumps(asdict(s))}`.", "",
+             f"Command: `{command}`; whole run {wall / 60:.1f} min on {machine()}; load "
+             f"average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end (other processes "
+             "on the cores would inflate the times, which compare only within a table). "
+             f"Settings: `{json.dumps(asdict(s))}`.", "",
              "Synthetic and mosaic tables: each cell is the mean over the seeds (each seed its own "
              "data, CNN and memory) ± the standard deviation of the seeds' means. Pretrained "
              "tables: mean ± 95 % confidence half-width over the (image, class) pairs. ↑ higher "
@@ -280,16 +279,6 @@ def markdown(bias: dict[str, dict[str, Any]], pretrained: dict[str, Results], s:
     return "\n".join(lines)
 
 
-def update_docs(path: Path, section: str) -> None:
-    """Replace (or append) the text between the bias markers of ``path``."""
-    text = path.read_text() if path.exists() else "# Evaluation\n"
-    block = f"{START}\n{section}{END}"
-    if START in text and END in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -302,15 +291,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         settings = replace(settings, seeds=args.seeds)
     torch.set_num_threads(THREADS)
-    out, start = Path(args.out), time.perf_counter()
+    out, start, load = Path(args.out), time.perf_counter(), os.getloadavg()[0]
     bias = {kind: bias_part(kind, settings, out) for kind in SPLITS}
     pretrained = pretrained_part(settings, out)
     command = "python benchmarks/bench_bias.py" + "".join(f" {shlex.quote(a)}"
                                                          for a in sys.argv[1:])
-    section = markdown(bias, pretrained, settings, command, time.perf_counter() - start)
+    section = markdown(bias, pretrained, settings, command, time.perf_counter() - start,
+                       (load, os.getloadavg()[0]))
     (out / "bias.md").write_text(section)
     if args.docs:
-        update_docs(Path(args.docs), section)
+        update_marked_section(Path(args.docs), "bias", section)
     print(section)
     return 0
 

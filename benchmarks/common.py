@@ -11,9 +11,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import operator
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -170,3 +172,27 @@ def peak_rss_mib(fn: Callable[[], object]) -> float:
     if isinstance(result, BaseException):
         raise result
     return float(result)
+
+
+def update_marked_section(path: Path, name: str, section: str) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in the
+    Markdown file ``path`` by ``section`` (append the marked section when it is missing)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Evaluation\n"
+    block = f"{start}\n{section}{end}"
+    if start in text and end in text:
+        text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def machine() -> str:
+    """The CPU model, core and torch thread counts, torch and Python versions."""
+    cpu = platform.processor() or "unknown CPU"
+    with open("/proc/cpuinfo") as info:
+        models = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+    if models:
+        cpu = models[0]
+    return (f"{cpu}, {os.cpu_count()} cores ({THREADS} torch threads), torch {torch.__version__}, "
+            f"Python {platform.python_version()}")

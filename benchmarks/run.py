@@ -16,7 +16,6 @@ import argparse
 import datetime
 import importlib
 import os
-import platform
 import re
 import shlex
 import sys
@@ -26,7 +25,16 @@ from types import ModuleType
 
 import torch
 
-from common import BUSY_MS, CONTENTION, THREADS, Row, goal_met, parallel_op_ms, wait_idle
+from common import (
+    BUSY_MS,
+    CONTENTION,
+    THREADS,
+    Row,
+    goal_met,
+    machine,
+    parallel_op_ms,
+    wait_idle,
+)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "docs" / "benchmarks.md"
@@ -54,16 +62,6 @@ def discover(only: list[str]) -> list[str]:
     if unknown:
         sys.exit(f"no benchmark module {unknown}; available: {[n[6:] for n in names]}")
     return [n for n in names if n in wanted]
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with open("/proc/cpuinfo") as info:
-        models = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-    if models:
-        cpu = models[0]
-    return (f"{cpu}, {os.cpu_count()} cores ({THREADS} torch threads), torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
 
 
 def wait_quiet(limit_s: float) -> None:

@@ -49,7 +49,9 @@ from camkit.postprocess import postprocess
 from camkit.targets import Similarity
 from camkit.viz import grid, overlay, save_png
 
-START, END = "<!-- embedding:start -->", "<!-- embedding:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from common import update_marked_section  # noqa: E402
+
 LAYER = "features"
 
 
@@ -373,16 +375,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_docs(path: Path, section: str) -> None:
-    """Replace (or append) the text between the embedding markers of ``path``."""
-    text = path.read_text() if path.exists() else "# Evaluation\n"
-    block = f"{START}\n{section}{END}"
-    if START in text and END in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -406,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     section = markdown(result)
     (out / "results.md").write_text(section)
     if args.docs:
-        update_docs(Path(args.docs), section)
+        update_marked_section(Path(args.docs), "embedding", section)
     print(section)
     return 0
 
