@@ -7,8 +7,9 @@ with weights in channels-last layout, the fastest exact layout for convolutions.
 model is never modified: the copy is a deep copy, made for the call and dropped after it, and
 it must reproduce the model's own scores before it is used; when it cannot be made (untraceable
 forward, training mode, ...) or does not reproduce them, the model itself runs the passes.
-Measured on resnet18 (CPU, batch 27): channels-last 0.80×, folded and channels-last 0.70× the
-time of the plain model; with bf16 autocast 0.31× and 0.20×.
+Measured on resnet18 (batch 27, 2 CPU cores; `benchmarks/bench_perturbation.py`, `layout` rows):
+folded and channels-last 0.84× the time of the plain model on an AMD EPYC, 0.33× with bf16
+autocast; the gain depends on the CPU (an earlier measurement on an Intel Xeon: 0.70×, 0.20×).
 """
 
 from __future__ import annotations
