@@ -36,11 +36,10 @@ class SlotNoise(NamedTuple):
     ``e ⊥ q̂`` reproduces it in a literal loop.
 
     ``along``: ``z``, ``rest``: ``r²``, both ``(N,)``: entry ``n`` is the noise that replaces
-    key slot ``n``, for every image and target of the call (``(B, N)`` tensors, one row per
-    image, are accepted too). Drawing once per slot, not once per image and slot, keeps an
-    image's map independent of the batch it is explained in, and gives Sensitivity's perturbed
-    copies of an image the noise of the image itself (§4.4, pitfall 6): noise drawn per row
-    would change with the row an image lands on."""
+    key slot ``n``, for every image and target of the call. Drawing once per slot, not once per
+    image and slot, keeps an image's map independent of the batch it is explained in, and gives
+    Sensitivity's perturbed copies of an image the noise of the image itself (§4.4, pitfall 6):
+    noise drawn per row would change with the row an image lands on."""
 
     along: Tensor
     rest: Tensor
