@@ -13,7 +13,7 @@ from torch import nn
 
 import camkit
 from camkit.postprocess import minmax, postprocess
-from camkit.targets import Similarity, TopK
+from camkit.targets import Similarity, Target, TopK
 from tests.models import TinyCNN
 
 METHODS = ["cam", "gradcam", "gradcam++", "guided-gradcam"]
@@ -382,3 +382,11 @@ def test_rescoring_replaces_only_the_captured_call(images):
     torch.testing.assert_close(same, score_fn.score(cap.outputs)[rows])
     zeros = rescore(torch.zeros_like(cap.activation[rows]), rows)
     torch.testing.assert_close(zeros, model.fc.bias[1].expand(2, 1).detach())
+
+
+def test_a_target_subclass_must_define_scores():
+    class Incomplete(Target):
+        pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete()

@@ -13,6 +13,7 @@ Forms accepted by ``camkit.explain(targets=...)``:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,7 @@ def logits_of(outputs: Any) -> Tensor:
     return logits
 
 
-class Target:
+class Target(ABC):
     """A ready-made target: ``scores(outputs, rows) -> (n, K)`` and, for class targets,
     ``indices(outputs) -> (B, K)`` (``None`` otherwise).
 
@@ -66,8 +67,9 @@ class Target:
     belongs to; perturbation methods score many modified copies of one image at once.
     """
 
+    @abstractmethod
     def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """The ``(n, K)`` target scores of the output rows."""
 
     def indices(self, outputs: Any) -> Tensor | None:
         return None
