@@ -42,9 +42,8 @@ from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.evaluate import METRICS, Results, data_from_spec, evaluate
 from camkit.memory import layer_features, mean_average_precision, train_memory
 from camkit.zoo import imagenet_classes, load_model
-from common import machine, update_marked_section
+from common import THREADS, machine, update_marked_section
 
-THREADS = 2
 CLASSIC = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam",
            "ablationcam", "eigencam", "eigengradcam")
 METHODS = (*CLASSIC, "mcam")
@@ -277,7 +276,6 @@ def markdown(bias: dict[str, dict[str, Any]], pretrained: dict[str, Results], s:
         lines += [f"{name}: {len(results.pairs[results.methods[0]])} (image, class) pairs.", "",
                   *table(results, constant_share([results])), ""]
     return "\n".join(lines)
-
 
 
 def main(argv: list[str] | None = None) -> int:
