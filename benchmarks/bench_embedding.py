@@ -22,7 +22,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import camkit
-import camkit.methods.embedding  # noqa: F401  (registers "embedding-gradcam")
 from camkit import embedding
 from camkit.embedding.search import FaissIndex, TorchIndex, faiss_available
 from common import THREADS, Row, interleaved_samples, paired_ratio, row, settings, setup

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import camkit
-import camkit.methods.mcam  # noqa: F401  (registers "mcam" until camkit.methods imports it)
 from camkit.memory import BiasReducingMemory, mcam_raw_maps, train_memory
 from camkit.postprocess import postprocess
 from common import Row, interleaved_samples, paired_ratio, row, settings, setup

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 import camkit
 from camkit import data, folding, zoo
-from camkit.methods.batching import DEFAULT_MAX_BATCH_MEMORY, Batching, forward_bytes
+from camkit.capture.batches import DEFAULT_MAX_BATCH_MEMORY, Batching, forward_bytes
 from camkit.methods.score import channel_softmax_weights
 from common import Row, interleaved_samples, paired_ratio, row, setup
 

@@ -40,7 +40,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import camkit
-import camkit.methods.embedding  # noqa: F401  (registers "embedding-gradcam")
 from camkit import capture, embedding
 from camkit.data.canvas import CanvasDataset
 from camkit.embedding.triplets import Triplets

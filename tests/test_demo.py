@@ -13,9 +13,9 @@ import torch
 
 import camkit
 from camkit import demo
+from camkit.artifacts import write_safetensors
 from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.embedding import squared_distances
-from camkit.memory.io import write_safetensors
 from tests.test_report import Page, decode
 
 MCAM = demo.McamSettings(train=200, test=24, width=8, steps=30, memory_epochs=2)
@@ -157,7 +157,7 @@ def test_saved_network_loads_into_a_fresh_one(tmp_path: Path) -> None:
     again = demo.load_net(demo.seeded_net(1, 3, 4, embedding=True), path)
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(net(x), again(x))
-    with pytest.raises(ValueError, match="not a camkit demo network"):
+    with pytest.raises(ValueError, match="not .camkit.demo-net."):
         demo.load_net(net, write_safetensors({}, {"format": "other"}, tmp_path / "x"))
 
 

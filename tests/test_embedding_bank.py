@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from camkit.artifacts import write_safetensors
 from camkit.embedding import WeightBank, fit_weight_bank, sample_triplets
-from camkit.memory.io import write_safetensors
 from tests.embedding_fixtures import MARGIN, labelled_images, loop_gradient, tiny_embedding
 
 T, M = 4, 3
@@ -98,7 +98,7 @@ def _tamper(bank: WeightBank, path: Path, **changes: object) -> Path:
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"format": "camkit.memory"}, "not a embedding weight bank"),
+    ({"format": "camkit.memory"}, "not .camkit.weight-bank."),
     ({"format_version": 2}, "format version 2"),
     ({"top_m": 4}, "expected torch.int64"),
     ({"num_channels": 2}, "channel indices outside"),

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 import camkit
-import camkit.methods.embedding  # noqa: F401  (registers "embedding-gradcam")
 from camkit.embedding import WeightBank
 from camkit.embedding.cli import add_explain_arguments, add_parser, explain_options
 from camkit.zoo import load_model

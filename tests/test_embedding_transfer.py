@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import camkit
-import camkit.methods.embedding  # noqa: F401  (registers "embedding-gradcam")
 from camkit.embedding import fit_weight_bank, transfer_weights
 from tests.embedding_fixtures import MARGIN, TinyEmbedding, labelled_images, tiny_embedding
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 import camkit
-import camkit.methods.mcam  # noqa: F401  (registers "mcam")
+from camkit.capture import LayerPass
 from camkit.memory import (
     BiasReducingMemory,
     SlotNoise,
@@ -22,7 +22,7 @@ from camkit.memory import (
     slot_search,
 )
 from camkit.memory.explain import _noise_logits
-from camkit.methods.registry import LayerPass, get_method
+from camkit.methods.registry import get_method
 from tests.memory_fixtures import ShapeNet, random_memory, single_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")

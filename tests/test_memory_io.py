@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from camkit.memory import BiasReducingMemory, mcam_raw_maps, read_config
-from camkit.memory.io import FORMAT_VERSION, write_safetensors
+from camkit.artifacts import write_safetensors
+from camkit.memory import FORMAT_VERSION, BiasReducingMemory, mcam_raw_maps, read_config
 from tests.memory_fixtures import random_memory, single_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -100,7 +100,7 @@ def test_safetensors_without_camkit_header(tmp_path: Path) -> None:
 @pytest.mark.parametrize("changes, message", [
     ({"format_version": FORMAT_VERSION + 1}, "format version 2.*upgrade camkit"),
     ({"format_version": 0}, "format version 0"),
-    ({"format": "camkit.weight-bank"}, "not an M-CAM memory"),
+    ({"format": "camkit.weight-bank"}, "not 'camkit.memory'"),
     ({"channels": 7}, "tensor '.*' is .*float32 \\(7,\\)"),
     ({"slots": None}, "invalid memory config"),
 ])

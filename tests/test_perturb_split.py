@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 import camkit
-from camkit import folding, split
+from camkit.capture import folding, split
 from camkit.cli import main
 from camkit.data import quokka
 from camkit.progress import Progress

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from camkit.capture.layers import choose_layer
 from camkit.data import imagenet_samples, load_image
-from camkit.layers import choose_layer
 from camkit.zoo import LoadedModel, available_archs, class_index, imagenet_classes, load_model
 
 CLASSES = imagenet_classes()

@@ -13,9 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from . import capture
-from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
+from .capture import LayerPass
+from .capture.layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
 from .methods import registry
-from .methods.registry import GRADIENTS, INPUT_GRADIENTS, LayerPass, Method
+from .methods.registry import GRADIENTS, INPUT_GRADIENTS, Method
 from .postprocess import postprocess
 from .targets import ScoreFn, TargetSpec, resolve
 from .viz.report import SavedExplanation, explanation_to_html, save_explanation

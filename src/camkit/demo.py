@@ -38,11 +38,11 @@ from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
 from . import api
+from .artifacts import check_format, check_tensors, read_safetensors, write_safetensors
 from .data.synthetic import SyntheticMultiLabel
 from .embedding import WeightBank, embed, fit_weight_bank, squared_distances
 from .evaluate import Results, evaluate
 from .memory import BiasReducingMemory, layer_features, mean_average_precision, train_memory
-from .memory.io import read_safetensors, write_safetensors
 from .progress import Progress
 from .viz.report import (
     ReportItem,
@@ -219,7 +219,7 @@ def batch_hard_loss(embeddings: Tensor, labels: Tensor, margin: float) -> Tensor
 
 
 def save_net(net: nn.Module, path: Path) -> Path:
-    """The network's weights as safetensors (see :func:`camkit.memory.io.write_safetensors`)."""
+    """The network's weights as safetensors (see :func:`camkit.artifacts.write_safetensors`)."""
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     return write_safetensors(tensors, {"format": NET_FORMAT}, path)
 
@@ -227,8 +227,9 @@ def save_net(net: nn.Module, path: Path) -> Path:
 def load_net(net: nn.Module, path: Path) -> nn.Module:
     """``net`` with the weights of a :func:`save_net` file; frozen and in eval mode."""
     tensors, header = read_safetensors(path, "demo network")
-    if header.get("format") != NET_FORMAT:
-        raise ValueError(f"{path} is not a camkit demo network")
+    check_format(header, NET_FORMAT, None, path, "camkit demo network")
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
+    check_tensors(tensors, expected, path, "demo network")
     net.load_state_dict(tensors)
     return net.eval().requires_grad_(False)
 

@@ -74,6 +74,11 @@ class Progress:
             if elapsed / self.done * self.total > self.min_seconds:
                 self._open()
 
+    def note(self, values: dict[str, str]) -> None:
+        """Show ``values`` (losses, a validation score, ...) beside the bar, when it is shown."""
+        if self.bar is not None:
+            self.bar.set_postfix(values)
+
     def close(self) -> None:
         """Remove the bar (if any)."""
         if self.bar is not None:

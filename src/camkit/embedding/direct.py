@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .. import capture
 from ..api import Explanation, as_inputs, explain, resolve_layer
-from ..layers import LayerSpec, Reshape
+from ..capture.layers import LayerSpec, Reshape
 from ..postprocess import postprocess
 from ..targets import Similarity
 from .weights import VARIANTS, channel_map, dense_weights, embedding_of, triplet_weights

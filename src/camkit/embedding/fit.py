@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .. import capture
 from ..api import resolve_layer
-from ..layers import LayerSpec, Reshape
+from ..capture.layers import LayerSpec, Reshape
 from ..progress import Progress
 from .bank import WeightBank, search_space
 from .triplets import MODES, as_labels, sample_triplets

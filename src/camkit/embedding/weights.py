@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import capture
-from ..layers import Reshape, to_spatial
+from ..capture.layers import Reshape, to_spatial
 from ..methods.gradient import gradcam_plus_plus_alpha, positive_gradient_weights
 from ..targets import logits_of
 from .triplets import triplet_loss

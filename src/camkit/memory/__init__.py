@@ -5,6 +5,8 @@
 ``camkit.explain(..., methods=["mcam"], memory=memory)`` uses it through the engine.
 """
 
+from ..capture.features import layer_features
+from . import method  # noqa: F401  (registers the method)
 from .explain import (
     SlotNoise,
     SlotSearch,
@@ -15,10 +17,17 @@ from .explain import (
     mcam_raw_maps,
     slot_search,
 )
-from .features import extract_features, layer_features
-from .io import FORMAT_VERSION, load_memory, read_config, save_memory
+from .features import extract_features
 from .losses import address_loss, classifier_loss, kl_divergence, loss_terms, sparse_loss
-from .module import BiasReducingMemory, TrainingAddresses, cosine_matrix
+from .module import (
+    FORMAT_VERSION,
+    BiasReducingMemory,
+    TrainingAddresses,
+    cosine_matrix,
+    load_memory,
+    read_config,
+    save_memory,
+)
 from .training import average_precision, mean_average_precision, train_memory
 
 __all__ = [

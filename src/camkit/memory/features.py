@@ -10,7 +10,6 @@ or for a data set whose transform is random).
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,56 +17,15 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..data.multilabel import Skipped, collate_skipping
-from ..layers import find_layer
+from ..progress import Progress
 
 FeatureFn = Callable[[Tensor], Tensor]
 CacheMode = Literal["auto", "memory", "disk"] | None
 Batches = Sequence[Tensor]
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing after the target layer needs to run."""
-
-
-def layer_features(model: nn.Module, layer: str, images: Tensor) -> Tensor:
-    """The output ``(B, c, h, w)`` float32 of ``model``'s module ``layer`` for ``images``.
-
-    Runs in eval mode without gradients and stops the forward pass at the layer's first
-    call (a module called several times, like a shared ReLU, gives its first output); every
-    module's train/eval flag is restored and the hook removed, whatever happens. (A stand-in
-    for the engine's capture, kept in this one function so that it is easy to replace.)"""
-    module = find_layer(model, layer)
-    captured: list[Any] = []
-
-    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-        captured.append(output)
-        raise _StopForward
-
-    flags = [(m, m.training) for m in model.modules()]
-    handle = module.register_forward_hook(hook)
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(images)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-        for m, flag in flags:
-            m.training = flag
-    if not captured:
-        raise RuntimeError(f"the forward pass never reached layer {layer!r}")
-    output = captured[0][0] if isinstance(captured[0], (tuple, list)) else captured[0]
-    if not isinstance(output, Tensor) or output.dim() != 4:
-        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise ValueError(f"layer {layer!r} outputs {shape}; M-CAM needs a spatial (B, c, h, w) "
-                         "layer, or pass a feature function that returns one")
-    return output.float()
 
 
 class FeatureSource(Protocol):
@@ -185,30 +143,31 @@ def extract_features(
     store: Tensor | np.memmap | None = None
     path, count, labels, skipped = None, 0, [], []
     input_size: tuple[int, int] = (0, 0)
-    try:
-        for images, batch_labels, bad in tqdm(loader, desc="features", file=sys.stderr,
-                                              disable=not progress, leave=False):
-            skipped += bad
-            if images is None:
-                continue
-            _check_labels(batch_labels, num_classes)
-            features = feature_fn(images.to(device)).float().cpu()
-            if store is None:
-                input_size = (int(images.shape[-2]), int(images.shape[-1]))
-                shape = (total, *features.shape[1:])
-                mode = _cache_mode(cache, int(np.prod(shape)) * 4, max_memory_bytes)
-                store, path = _allocate(mode, shape, cache_dir)
-            elif tuple(features.shape[1:]) != tuple(store.shape[1:]):
-                raise ValueError(f"features of shape {tuple(features.shape[1:])} after "
-                                 f"{tuple(store.shape[1:])}: the images differ in size; use a "
-                                 "transform that resizes them all to one size")
-            store[count:count + len(features)] = features.numpy() if path else features
-            labels.append(batch_labels)
-            count += len(features)
-    except BaseException:
-        if path is not None:
-            path.unlink(missing_ok=True)
-        raise
+    with Progress(len(loader), "features", progress, unit="batch") as bar:
+        try:
+            for images, batch_labels, bad in loader:
+                bar.update(1)
+                skipped += bad
+                if images is None:
+                    continue
+                _check_labels(batch_labels, num_classes)
+                features = feature_fn(images.to(device)).float().cpu()
+                if store is None:
+                    input_size = (int(images.shape[-2]), int(images.shape[-1]))
+                    shape = (total, *features.shape[1:])
+                    mode = _cache_mode(cache, int(np.prod(shape)) * 4, max_memory_bytes)
+                    store, path = _allocate(mode, shape, cache_dir)
+                elif tuple(features.shape[1:]) != tuple(store.shape[1:]):
+                    raise ValueError(f"features of shape {tuple(features.shape[1:])} after "
+                                     f"{tuple(store.shape[1:])}: the images differ in size; use a "
+                                     "transform that resizes them all to one size")
+                store[count:count + len(features)] = features.numpy() if path else features
+                labels.append(batch_labels)
+                count += len(features)
+        except BaseException:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise
     if store is None:
         raise ValueError(f"no image of the {total} could be loaded; skipped: {skipped[:3]}")
     return CachedFeatures(store[:count], torch.cat(labels).float(), input_size, skipped, path)

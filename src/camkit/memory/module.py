@@ -22,6 +22,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..artifacts import check_format, check_tensors, read_safetensors, write_safetensors
+
+FORMAT = "camkit.memory"
+FORMAT_VERSION = 1
+KIND = "M-CAM memory"
 COS_EPS = 1e-8  # ε of cos(a, b) = a·b / (‖a‖ ‖b‖ + ε), §1.2 [P]
 VALUE_INIT_STD = 0.02  # V ~ N(0, 0.02²), §1.7 [P]
 
@@ -234,19 +239,48 @@ class BiasReducingMemory(nn.Module):
         return memory
 
     def save(self, path: str | Path) -> Path:
-        """Write the memory to ``path`` (safetensors, config in its header; see :mod:`.io`)."""
-        from .io import save_memory
-
+        """Write the memory to ``path`` (see :func:`save_memory`)."""
         return save_memory(self, path)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> BiasReducingMemory:
-        """Read a memory written by :meth:`save`; validates it and never unpickles."""
-        from .io import load_memory
-
+        """Read a memory written by :meth:`save` (see :func:`load_memory`)."""
         return load_memory(path, map_location)
 
     def extra_repr(self) -> str:
         return (f"slots={self.num_slots}, channels={self.channels}, "
                 f"spatial_size={self.spatial_size}, num_classes={self.num_classes}, "
                 f"addr_temperature={self.addr_temperature}, layer={self.layer!r}")
+
+
+def save_memory(memory: BiasReducingMemory, path: str | Path) -> Path:
+    """Write ``memory`` to ``path`` as a :mod:`camkit.artifacts` file: its ``state_dict``
+    (float32) and the config ``{"format": "camkit.memory", "format_version": 1, "layer",
+    "channels", "spatial_size", "input_size", "num_classes", "class_names", "slots",
+    "addr_temperature", "train_settings", "metrics"}``."""
+    header = {"format": FORMAT, "format_version": FORMAT_VERSION, **memory.config()}
+    return write_safetensors(memory.state_dict(), header, path)
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The JSON config of a saved memory, validated, without loading its tensors."""
+    _, header = read_safetensors(path, KIND, tensors=False)
+    check_format(header, FORMAT, FORMAT_VERSION, path, KIND)
+    return header
+
+
+def load_memory(path: str | Path, map_location: str | torch.device = "cpu") -> BiasReducingMemory:
+    """Read a memory written by :func:`save_memory`: checks the format version, the tensor
+    names, shapes and values against the config; never unpickles; leaves the global RNG
+    untouched."""
+    tensors, header = read_safetensors(path, KIND, map_location)
+    check_format(header, FORMAT, FORMAT_VERSION, path, KIND)
+    try:
+        with torch.device("meta"):
+            memory = BiasReducingMemory.from_config(header)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: invalid memory config ({err!r})") from err
+    expected = {k: (tuple(v.shape), torch.float32) for k, v in memory.state_dict().items()}
+    check_tensors(tensors, expected, path, KIND)
+    memory.load_state_dict(tensors, assign=True)
+    return memory.eval()

@@ -10,7 +10,6 @@ the state of an uninterrupted run.
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -19,17 +18,17 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from ..artifacts import read_safetensors, write_safetensors
+from ..capture.features import layer_features
+from ..progress import Progress
 from .features import (
     CacheMode,
     FeatureFn,
     FeatureSource,
     LiveFeatures,
     extract_features,
-    layer_features,
 )
-from .io import read_safetensors, write_safetensors
 from .losses import loss_terms
 from .module import BiasReducingMemory, TrainingAddresses
 
@@ -116,7 +115,7 @@ class EpochStats:
 
 def train_epoch(memory: BiasReducingMemory, optimizer: torch.optim.Optimizer,
                 source: FeatureSource, batches: list[Tensor], device: torch.device,
-                bar: tqdm) -> dict[str, Any]:
+                bar: Progress) -> dict[str, Any]:
     """One pass over ``batches``: ``L = L_classifier + L_sparse + L_address`` (§1.3), one
     Adam step per batch. Returns the epoch's :meth:`EpochStats.record`."""
     memory.train()
@@ -129,8 +128,8 @@ def train_epoch(memory: BiasReducingMemory, optimizer: torch.optim.Optimizer,
         terms["total"].backward()
         optimizer.step()
         stats.add(out, terms)
-        bar.update()
-        bar.set_postfix(_postfix(stats.losses()))
+        bar.update(1)
+        bar.note(_postfix(stats.losses()))
     return stats.record()
 
 
@@ -255,13 +254,12 @@ def fit(memory: BiasReducingMemory, train: FeatureSource, val: FeatureSource | N
     for epoch in range(start, epochs):
         began = time.perf_counter()
         batches = epoch_order(len(train), settings["batch_size"], settings["seed"], epoch)
-        with tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{epochs}", file=sys.stderr,
-                  disable=not progress) as bar:
+        with Progress(len(batches), f"epoch {epoch + 1}/{epochs}", progress, unit="batch") as bar:
             record = {"epoch": epoch + 1} | train_epoch(memory, optimizer, train, batches,
                                                         device, bar)
             if val is not None:
                 record["val_map"] = evaluate_map(memory, val, settings["batch_size"], device)
-                bar.set_postfix(_postfix(record))
+                bar.note(_postfix(record))
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         if checkpoint is not None:
@@ -322,7 +320,7 @@ def train_memory(
         resume: continue from that checkpoint when it exists (same settings required;
             ``epochs`` may grow).
         val_data: data set for the memory head's validation mAP after every epoch.
-        progress: tqdm progress bars on stderr (features, then one per epoch).
+        progress: progress bars on stderr (features, then one per epoch).
         cache: ``"auto"`` (memory up to ``max_memory_bytes``, else disk), ``"memory"``,
             ``"disk"`` (a numpy memmap in ``cache_dir``), or ``None`` (recompute every batch).
         addr_temperature: address softmax temperature (1 = paper).

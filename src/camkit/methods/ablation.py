@@ -16,8 +16,9 @@ import warnings
 import torch
 from torch import Tensor
 
-from .. import split as splitting
-from .batching import (
+from ..capture import LayerPass
+from ..capture import split as splitting
+from ..capture.batches import (
     BATCH_OPTIONS,
     DEFAULT_MAX_BATCH_MEMORY,
     Batching,
@@ -26,7 +27,7 @@ from .batching import (
     run_items,
 )
 from .gradient import weighted_sum
-from .registry import LayerPass, Method, register
+from .registry import Method, register
 
 # Memory of one tail evaluation per image, as a multiple of the layer output's bytes (the
 # ablated copy plus the tail's intermediate tensors).

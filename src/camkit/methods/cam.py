@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..layers import find_layer
+from ..capture import LayerPass
+from ..capture.layers import find_layer
 from .gradient import weighted_sum
-from .registry import LayerPass, Method, register
+from .registry import Method, register
 
 
 def cam(activations: Tensor, fc_weight: Tensor, target_indices: Tensor) -> Tensor:

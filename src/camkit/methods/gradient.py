@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .registry import GRADIENTS, LayerPass, Method, register
+from ..capture import LayerPass
+from .registry import GRADIENTS, Method, register
 
 EPS = 1e-7
 

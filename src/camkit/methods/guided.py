@@ -1,7 +1,7 @@
 """Guided backpropagation and Guided Grad-CAM.
 
 The gradients at the input come from the engine's one pass with guided ReLUs (see
-``capture._GuidedReLU``): ``(B, K, C_in, H, W)``. A map per target is their largest magnitude
+``camkit.capture.hooks``): ``(B, K, C_in, H, W)``. A map per target is their largest magnitude
 over colour channels (the saliency convention of Simonyan et al. 2014); the full gradient
 image stays in ``Explanation.details["guided-backprop"]``.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..capture import LayerPass
 from ..postprocess import upsample
 from .gradient import gradcam
-from .registry import GRADIENTS, INPUT_GRADIENTS, LayerPass, Method, register
+from .registry import GRADIENTS, INPUT_GRADIENTS, Method, register
 
 
 def guided_saliency(input_gradients: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ resolution ``(B, K, H, W)``.
 
 Window positions start at 0 and step by ``stride``; a last position flush with the far edge is
 added when the steps do not reach it, so every pixel is covered. One evaluation per window
-position and image, in memory-bounded batches (:mod:`camkit.methods.batching`).
+position and image, in memory-bounded batches (:mod:`camkit.capture.batches`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .batching import (
+from ..capture import LayerPass
+from ..capture.batches import (
     BATCH_OPTIONS,
     DEFAULT_MAX_BATCH_MEMORY,
     Batching,
@@ -21,7 +22,7 @@ from .batching import (
     input_scorer,
     run_items,
 )
-from .registry import LayerPass, Method, register
+from .registry import Method, register
 
 
 def window_cover(length: int, window: int, stride: int, device: torch.device) -> Tensor:

@@ -12,7 +12,7 @@ the channels. Two weightings exist in the literature:
   activations at the layer's resolution.
 
 Cost (DESIGN principle 5): one masked forward pass per informative channel and per noise or
-integration sample, in memory-bounded batches (:mod:`camkit.methods.batching`). A channel
+integration sample, in memory-bounded batches (:mod:`camkit.capture.batches`). A channel
 whose activation is constant has the empty mask (``minmax`` of a constant is 0, as in C1/C2):
 the empty-masked input is evaluated once per image and shared by all such channels.
 ``max_channels=N`` keeps the ``N`` channels of largest spatial variance (Faster Score-CAM).
@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..postprocess import minmax, upsample
-from ..targets import logits_of
-from .batching import (
+from ..capture import LayerPass
+from ..capture.batches import (
     BATCH_OPTIONS,
     DEFAULT_MAX_BATCH_MEMORY,
     Batching,
@@ -37,8 +36,10 @@ from .batching import (
     input_scorer,
     run_items,
 )
+from ..postprocess import minmax, upsample
+from ..targets import logits_of
 from .gradient import weighted_sum
-from .registry import LayerPass, Method, register
+from .registry import Method, register
 
 WEIGHTS = ("class_prob", "channel_softmax")
 SCORE_OPTIONS = ("weight", "max_channels", "precision", *BATCH_OPTIONS)

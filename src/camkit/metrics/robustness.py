@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..api import explain
-from ..layers import LayerSpec
+from ..capture.layers import LayerSpec
 from .scoring import Confidence, check_inputs, make_scorer
 
 Explainer = Callable[[Tensor, Tensor], Tensor]  # (images (m, C, H, W), targets (m, K)) -> maps

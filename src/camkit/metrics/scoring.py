@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..capture import borrowed
+from ..capture.hooks import borrowed
 from ..targets import logits_of
 
 Confidence = Callable[[Tensor], Tensor]  # logits (n, n_classes) -> (n, n_classes)

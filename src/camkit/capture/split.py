@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-Scores = Callable[[Any, Tensor | None], Tensor]
+from ..targets import Scores
 
 
 class SplitError(RuntimeError):

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from .. import capture, folding
 from ..progress import Progress
-from ..targets import ScoreFn
-from .registry import LayerPass
+from ..targets import ScoreFn, Scores
+from . import folding
+from .hooks import rescorer_for_inputs
+from .layer_pass import LayerPass
 
 DEFAULT_MAX_BATCH_MEMORY = 512 * 2**20  # bytes
 # Peak memory of a no-grad forward pass per image, as a multiple of the input's bytes.
@@ -29,7 +29,6 @@ BATCH_OPTIONS = ("batch_size", "max_batch_memory", "progress")
 PRECISIONS = ("fp32", "bf16")
 
 Scorer = Callable[[Tensor, Tensor], Tensor]
-Scores = Callable[[Any, Tensor | None], Tensor]  # model outputs, rows -> (n, K) scores
 
 
 def _at_least_one(value: object, kinds: tuple[type, ...]) -> bool:
@@ -100,7 +99,7 @@ def input_scorer(layer_pass: LayerPass, score: Scores, precision: str, method: s
     model, note = folding.evaluation_model(layer_pass.model, inputs, layer_pass.scores,
                                            layer_pass.score_outputs)
     layer_pass.notes.setdefault(method, {})["model"] = note
-    rescore = capture.rescorer_for_inputs(model, ScoreFn(None, score), len(inputs))
+    rescore = rescorer_for_inputs(model, ScoreFn(None, score), len(inputs))
     device = inputs[0].device
     bf16 = precision == "bf16"
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from .targets import ScoreFn
+from ..targets import ScoreFn
 
 Inputs = tuple[Tensor, ...]
 

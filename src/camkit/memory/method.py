@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..memory import BiasReducingMemory, mcam_raw_maps
-from .registry import LayerPass, Method, register
+from ..capture import LayerPass
+from ..methods.registry import Method, register
+from .explain import mcam_raw_maps
+from .module import BiasReducingMemory
 
 
 def _compute(layer_pass: LayerPass, memory: BiasReducingMemory | None = None) -> Tensor:

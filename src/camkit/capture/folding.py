@@ -15,16 +15,13 @@ autocast; the gain depends on the CPU (an earlier measurement on an Intel Xeon: 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.fx.experimental.optimization import fuse
 
+from ..targets import Scores
 from . import split
-
-Scores = Callable[[Any, Tensor | None], Tensor]
 
 
 def folded_copy(model: nn.Module) -> nn.Module:

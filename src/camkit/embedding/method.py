@@ -5,14 +5,13 @@ pass without autograd and no backward pass at all."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from torch import Tensor
 
-from .registry import LayerPass, Method, register
-
-if TYPE_CHECKING:  # camkit.embedding imports the engine, which imports this module
-    from ..embedding.bank import WeightBank
+from ..capture import LayerPass
+from ..methods.registry import Method, register
+from .bank import WeightBank
+from .transfer import transfer_raw_maps
+from .weights import embedding_of
 
 
 def _compute(layer_pass: LayerPass, bank: WeightBank | None = None, neighbours: int = 1,
@@ -20,8 +19,6 @@ def _compute(layer_pass: LayerPass, bank: WeightBank | None = None, neighbours: 
     """Raw maps ``(B, K, h, w)`` from the weights of each image's nearest bank entries (the
     map does not depend on the targets: the same map for all ``K``). The neighbours and
     their distances and labels go to ``layer_pass.notes["embedding-gradcam"]``."""
-    from ..embedding import WeightBank, embedding_of, transfer_raw_maps
-
     if bank is None:
         raise ValueError(
             "embedding-gradcam needs a weight bank: camkit.explain(..., methods="

@@ -1,0 +1,40 @@
+"""Everything that touches a model, and nothing else does.
+
+- :mod:`~camkit.capture.hooks`: the borrowed model (modes and ``requires_grad`` restored),
+  forward hooks removed in ``finally``, the one capturing forward pass, the batched backward
+  pass, guided ReLUs, re-scoring of new inputs or activations;
+- :mod:`~camkit.capture.layers`: target-layer lookup, the automatic choice, token-to-grid
+  reshapes;
+- :mod:`~camkit.capture.features`: a layer's features for many images (no backward);
+- :mod:`~camkit.capture.split` and :mod:`~camkit.capture.folding`: the network after a layer as
+  its own module, and batch-norm-folded channels-last copies;
+- :mod:`~camkit.capture.batches`: model evaluations in batches under a memory budget;
+- :mod:`~camkit.capture.layer_pass`: what one pass hands to every method.
+"""
+
+from .batches import (
+    BATCH_OPTIONS,
+    DEFAULT_MAX_BATCH_MEMORY,
+    Batching,
+    forward_bytes,
+    input_scorer,
+    run_items,
+)
+from .hooks import (
+    Capture,
+    batched_grad,
+    borrowed,
+    layer_hook,
+    rescorer_for_activations,
+    rescorer_for_inputs,
+    run_forward,
+)
+from .layer_pass import LayerPass
+from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
+
+__all__ = [
+    "BATCH_OPTIONS", "DEFAULT_MAX_BATCH_MEMORY", "Batching", "Capture", "LayerPass", "LayerSpec",
+    "Reshape", "batched_grad", "borrowed", "choose_layer", "find_layer", "forward_bytes",
+    "input_scorer", "layer_hook", "module_name", "rescorer_for_activations",
+    "rescorer_for_inputs", "run_forward", "run_items", "to_spatial",
+]
