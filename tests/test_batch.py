@@ -21,12 +21,12 @@ from camkit.batch import (
     FolderBusy,
     ModelSpec,
     SettingsMismatch,
-    add_parser,
     explain_dataset,
     open_results,
 )
-from camkit.batch.cli import parse_options
 from camkit.batch.store import BatchResult, decode, encode
+from camkit.cli import explain_dataset as explain_dataset_command
+from camkit.cli.arguments import parse_options
 
 SPEC = ModelSpec("mobilenet_v3_small", random_init=True)  # ~20 ms per 224² image on 1 core
 
@@ -53,7 +53,7 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[str]:
     return sorted(ids)
 
 
-def run_job(data: object, out: Path, **kwargs: object) -> camkit.batch.Results:
+def run_job(data: object, out: Path, **kwargs: object) -> camkit.batch.DatasetResults:
     settings = {"model": SPEC, "batch_size": 3, "shard_size": 4, "workers": 0,
                 "progress": False} | kwargs
     return explain_dataset(data, out, **settings)  # type: ignore[arg-type]
@@ -267,7 +267,7 @@ def test_cli_explain_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     make_images(tmp_path / "images", 3)
     (tmp_path / "images" / "broken.png").write_text("no")
     parser = argparse.ArgumentParser(prog="camkit")
-    add_parser(parser.add_subparsers(dest="command", required=True))
+    explain_dataset_command.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args([
         "explain-dataset", "--data", f"folder:{tmp_path / 'images'}", "--out",
         str(tmp_path / "out"), "--methods", "gradcam,xgradcam", "--arch", "mobilenet_v3_small",

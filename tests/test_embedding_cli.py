@@ -11,17 +11,16 @@ import torch
 from PIL import Image
 
 import camkit
+from camkit.cli import explain, fit_embedding
 from camkit.embedding import WeightBank
-from camkit.embedding.cli import add_explain_arguments, add_parser, explain_options
 from camkit.zoo import load_model
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camkit")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    explain = sub.add_parser("explain")
-    add_explain_arguments(explain)
+    fit_embedding.add_parser(sub)
+    explain.add_parser(sub)
     return parser
 
 
@@ -40,7 +39,7 @@ def test_fit_embedding_writes_a_bank_that_explain_uses(folder: Path, capsys) -> 
     out = folder / "bank.safetensors"
     args = _parser().parse_args(["fit-embedding", str(folder / "data"), "--out", str(out),
                                  "--arch", "mobilenet_v3_small", "--random-init", "--triplets", "3",
-                                 "--top-m", "20", "--quiet"])
+                                 "--top-m", "20", "--no-progress"])
     assert args.run(args) == 0
     printed = capsys.readouterr().out
     assert "weight bank of 6 images from 2 classes" in printed
@@ -48,7 +47,8 @@ def test_fit_embedding_writes_a_bank_that_explain_uses(folder: Path, capsys) -> 
     assert (len(bank), bank.num_channels, bank.top_m, bank.embedding_dim) == (6, 576, 20, 1000)
     assert bank.labels.tolist() == [0, 0, 0, 1, 1, 1]
 
-    options = explain_options(_parser().parse_args(["explain", "--bank", str(out)]))
+    args = _parser().parse_args(["explain", "x.png", "--bank", str(out)])
+    options = explain.trained_artifacts(args)
     loaded = load_model("mobilenet_v3_small", random_init=True)
     torch.manual_seed(0)
     x = torch.randn(2, 3, 224, 224)
@@ -58,4 +58,4 @@ def test_fit_embedding_writes_a_bank_that_explain_uses(folder: Path, capsys) -> 
 
 
 def test_explain_without_bank_adds_no_option() -> None:
-    assert explain_options(_parser().parse_args(["explain"])) == {}
+    assert explain.trained_artifacts(_parser().parse_args(["explain", "x.png"])) == {}

@@ -13,9 +13,9 @@ from PIL import Image
 
 import camkit.cli
 import camkit.zoo
+from camkit.cli.train_memory import add_parser
 from camkit.data import Preprocess
 from camkit.memory import BiasReducingMemory
-from camkit.memory.cli import add_train_memory_parser
 from tests.memory_fixtures import ShapeNet, single_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -33,13 +33,12 @@ def zoo(monkeypatch) -> list[tuple]:
                                class_names=["x", "y", "z"])
 
     monkeypatch.setattr(camkit.zoo, "load_model", load_model)
-    monkeypatch.setattr(camkit.cli, "load_model", load_model)
     return calls
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="camkit")
-    add_train_memory_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(argv)
 
 
@@ -56,10 +55,10 @@ def test_train_memory_from_folders(zoo, tmp_path: Path, capsys) -> None:
     write_folders(tmp_path / "data")
     (tmp_path / "data" / "sick" / "broken.png").write_bytes(b"no")
     out = tmp_path / "memory.safetensors"
-    args = parse(["train-memory", "--data", f"folders:{tmp_path / 'data'}", "--out", str(out),
+    args = parse(["train-memory", "--data", f"folder:{tmp_path / 'data'}", "--out", str(out),
                   "--arch", "resnet18", "--random-init", "--epochs", "2", "--slots", "3",
-                  "--batch-size", "2", "--checkpoint-dir", str(tmp_path / "ckpt"), "--quiet",
-                  "--val-data", f"folders:{tmp_path / 'data'}", "--device", "cpu"])
+                  "--batch-size", "2", "--checkpoint-dir", str(tmp_path / "ckpt"), "--no-progress",
+                  "--val-data", f"folder:{tmp_path / 'data'}", "--device", "cpu"])
     with pytest.warns(RuntimeWarning, match="broken.png"):
         assert args.run(args) == 0
     assert zoo == [("resnet18", None, True)]
@@ -76,7 +75,7 @@ def test_train_memory_from_folders(zoo, tmp_path: Path, capsys) -> None:
 def test_train_memory_synthetic_defaults(zoo, tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     args = parse(["train-memory", "--data", "synthetic:8", "--out", str(out), "--arch", "a",
-                  "--epochs", "1", "--layer", "features.2", "--cache", "none", "--quiet"])
+                  "--epochs", "1", "--layer", "features.2", "--cache", "none", "--no-progress"])
     assert args.slots is None and args.lr == 1e-3 and args.addr_temperature == 1.0
     assert args.run(args) == 0
     memory = BiasReducingMemory.load(out)
@@ -86,16 +85,16 @@ def test_train_memory_synthetic_defaults(zoo, tmp_path: Path) -> None:
 
 def test_bad_data_spec(zoo, tmp_path: Path) -> None:
     args = parse(["train-memory", "--data", "imagenet:x", "--out", str(tmp_path / "m"),
-                  "--arch", "a", "--quiet"])
-    with pytest.raises(ValueError, match="cannot read data spec"):
+                  "--arch", "a", "--no-progress"])
+    with pytest.raises(ValueError, match="unknown data spec"):
         args.run(args)
 
 
 def test_explain_uses_the_trained_memory(zoo, tmp_path: Path, capsys) -> None:
     memory_file = tmp_path / "memory.safetensors"
     write_folders(tmp_path / "data")
-    assert camkit.cli.main(["train-memory", "--data", f"folders:{tmp_path / 'data'}", "--out",
-                            str(memory_file), "--arch", "a", "--epochs", "1", "--quiet"]) == 0
+    assert camkit.cli.main(["train-memory", "--data", f"folder:{tmp_path / 'data'}", "--out",
+                            str(memory_file), "--arch", "a", "--epochs", "1", "--no-progress"]) == 0
     image = tmp_path / "photo.png"
     pixels = np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(image)

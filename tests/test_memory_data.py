@@ -169,9 +169,13 @@ def test_dataset_from_spec(coco: tuple[Path, Path], tmp_path: Path) -> None:
     assert len(dataset_from_spec(f"coco:{coco[0]}:{coco[1]}")) == 4
     assert len(dataset_from_spec("synthetic:5")) == 5
     write_images(tmp_path / "f" / "a", ["1.png"])
-    assert dataset_from_spec(f"folders:{tmp_path / 'f'}").class_names == ["a"]
-    for bad in ["coco:only-one-part", "nope:x", "synthetic:many", "folders:"]:
-        with pytest.raises(ValueError, match="cannot read data spec"):
+    assert dataset_from_spec(f"folder:{tmp_path / 'f'}").class_names == ["a"]
+    assert dataset_from_spec(str(tmp_path / "f")).class_names == ["a"]  # a bare folder
+    for bad, message in [("coco:only-one-part", "has the form coco:JSON:DIR"),
+                         ("nope:x", "unknown data spec"), ("folders:x", "did you mean folder:DIR"),
+                         ("synthetic:many", "positive integer"), ("folder:", "has the form"),
+                         ("quokka", "unknown data spec")]:
+        with pytest.raises(ValueError, match=message):
             dataset_from_spec(bad)
 
 

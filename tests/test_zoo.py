@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from camkit.capture.layers import choose_layer
 from camkit.data import imagenet_samples, load_image
-from camkit.zoo import LoadedModel, available_archs, class_index, imagenet_classes, load_model
+from camkit.targets import class_index
+from camkit.zoo import LoadedModel, available_archs, imagenet_classes, load_model
 
 CLASSES = imagenet_classes()
 

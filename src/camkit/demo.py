@@ -19,15 +19,13 @@ is downloaded: the photos and weights come from installed packages, the rest is 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,6 +42,7 @@ from .embedding import WeightBank, embed, fit_weight_bank, squared_distances
 from .evaluate import Results, evaluate
 from .memory import BiasReducingMemory, layer_features, mean_average_precision, train_memory
 from .progress import Progress
+from .viz.outputs import explain_images
 from .viz.report import (
     ReportItem,
     ReportSection,
@@ -299,7 +298,6 @@ def classic_methods() -> list[str]:
 def classic_part(out: Path, s: ClassicSettings, progress: bool | None) -> Part:
     """EfficientNet-Lite0 on the quokka and ``s.images`` ImageNet samples, every classic
     method; per-photo overlays, grids and maps under ``out/images/``."""
-    from .cli import explain_images  # camkit.cli imports this module
     from .data import imagenet_samples, quokka
 
     photo = out / "quokka.png"
@@ -552,46 +550,3 @@ def summary_table(parts: Sequence[Part]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, [*widths, 0], strict=True))
                      .rstrip() for row in rows)
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``demo`` sub-command to an ``argparse`` sub-parser collection."""
-    de = subparsers.add_parser(
-        "demo", help="the showcase: classic methods, M-CAM and embedding Grad-CAM in one report",
-        description=__doc__.split("\n\n")[0])
-    de.add_argument("--out", default="runs/demo", help="output folder (cache/ inside it)")
-    de.add_argument("--parts", default=",".join(PARTS),
-                    help=f"comma-separated parts to run, of {', '.join(PARTS)}")
-    de.add_argument("--quick", action="store_true", help="smaller settings (a smoke run)")
-    de.add_argument("--images", type=int, default=None,
-                    help="ImageNet samples shown besides the quokka (classic part)")
-    de.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads of the classic part (default: torch's choice)")
-    de.set_defaults(run=run)
-    return de
-
-
-def demo_settings(args: argparse.Namespace) -> dict[str, PartSettings]:
-    """The settings of each part asked for by ``--parts``, ``--quick`` and ``--images``."""
-    names = [n.strip() for n in args.parts.split(",") if n.strip()]
-    unknown = sorted(set(names) - set(PARTS))
-    if unknown or not names:
-        raise ValueError(f"unknown demo part(s) {unknown}; choose from {', '.join(PARTS)}")
-    settings = {n: (QUICK if args.quick else DEFAULTS)[n] for n in names}
-    if args.images is not None and "classic" in settings:
-        settings["classic"] = replace(settings["classic"], images=args.images)
-    return settings
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``camkit demo``; returns the exit status."""
-    out = Path(args.out)
-    parts = run_parts(out, demo_settings(args), threads=args.threads)
-    report = write_demo_report(out, parts, "camkit " + " ".join(getattr(args, "argv", ["demo"])))
-    print(summary_table(parts))
-    print(f"\nReport: {report.resolve()}")
-    for part in parts:
-        print(f"{part.name} grids: " + ", ".join(str(g) for g in part.grids))
-    print(f"Trained networks, memory and bank: {(out / 'cache').resolve()}", file=sys.stderr)
-    return 0
-

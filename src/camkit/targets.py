@@ -13,6 +13,7 @@ Forms accepted by ``camkit.explain(targets=...)``:
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -192,3 +193,38 @@ def _checked(indices: Tensor, outputs: Any, batch: int) -> Tensor:
             f"classes (0..{n_classes - 1})"
         )
     return indices
+
+
+def class_index(name_or_index: str | int, class_names: Sequence[str]) -> int:
+    """Resolve a class given as an index (``3``, ``"3"``) or a name to its index.
+
+    Names match case-insensitively: an exact name first, else a unique substring
+    (``"golden"`` → ``"golden retriever"``; ``"crane"`` is the machine, 517, not
+    ``"crane bird"``, 134, because an exact name wins).
+
+    Raises:
+        ValueError: index out of range, a name matching several classes (they are listed),
+            or no match (the closest names are listed).
+    """
+    n = len(class_names)
+    text = str(name_or_index).strip()
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < n:
+            raise ValueError(f"class index {index} is out of range 0..{n - 1}")
+        return index
+    lowered = [c.lower() for c in class_names]
+    query = text.lower()
+    matches = [i for i, c in enumerate(lowered) if c == query]
+    matches = matches or [i for i, c in enumerate(lowered) if query in c]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        listed = ", ".join(f"{i} ({class_names[i]})" for i in matches[:10])
+        more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
+        raise ValueError(f"class {text!r} is ambiguous: {listed}{more}; give the index")
+    close = difflib.get_close_matches(query, lowered, n=5, cutoff=0.6)
+    hint = ", ".join(f"{lowered.index(c)} ({class_names[lowered.index(c)]})" for c in close)
+    raise ValueError(
+        f"no class named {text!r}" + (f"; closest: {hint}" if hint else "; pass the index")
+    )

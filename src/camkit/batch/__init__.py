@@ -5,15 +5,14 @@
 JSON manifest; ``open_results(out)`` reads them back by image id. See ``docs/batch.md``.
 """
 
-from .cli import add_parser, run
 from .job import Job, ModelSpec, TargetSetting
-from .results import ImageResult, Results, open_results
+from .results import DatasetResults, ImageResult, open_results
 from .runner import explain_dataset
 from .sources import DatasetSource, FileSource, as_source
 from .store import FolderBusy, SettingsMismatch
 
 __all__ = [
     "DatasetSource", "FileSource", "FolderBusy", "ImageResult", "Job", "ModelSpec",
-    "Results", "SettingsMismatch", "TargetSetting", "add_parser", "as_source",
-    "explain_dataset", "open_results", "run",
+    "DatasetResults", "SettingsMismatch", "TargetSetting", "as_source",
+    "explain_dataset", "open_results",
 ]

@@ -22,8 +22,8 @@ from camkit import api
 from camkit.capture.layers import find_layer
 from camkit.data.images import Preprocess
 from camkit.methods import registry
-from camkit.targets import TargetSpec, TopK
-from camkit.zoo import LoadedModel, class_index, load_model
+from camkit.targets import TargetSpec, TopK, class_index
+from camkit.zoo import LoadedModel, load_model
 
 from .sources import LoadedBatch
 from .store import BatchResult

@@ -40,7 +40,7 @@ class ImageResult:
     targets: Tensor
 
 
-class Results(Mapping[str, ImageResult]):
+class DatasetResults(Mapping[str, ImageResult]):
     """The explained images of a results folder, by id: ``results[image_id].maps["gradcam"]``.
 
     For many images at once, :meth:`maps`, :meth:`scores`, :meth:`targets` and
@@ -155,6 +155,6 @@ class Results(Mapping[str, ImageResult]):
             return part[lo : hi + 1][torch.as_tensor(np.asarray(rows) - lo)]
 
 
-def open_results(root: str | os.PathLike[str]) -> Results:
+def open_results(root: str | os.PathLike[str]) -> DatasetResults:
     """The results stored in ``root`` by :func:`camkit.batch.explain_dataset`."""
-    return Results(root)
+    return DatasetResults(root)

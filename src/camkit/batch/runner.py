@@ -24,7 +24,7 @@ import camkit
 from camkit.progress import Progress
 
 from .job import Job, ModelSpec
-from .results import Results, open_results
+from .results import DatasetResults, open_results
 from .sources import LoadedBatch, Source, as_source, fingerprint, load_range
 from .store import BatchResult, Store
 
@@ -51,7 +51,7 @@ def explain_dataset(
     ray_address: str | None = None,
     ray_actors: int | None = None,
     progress: bool | None = None,
-) -> Results:
+) -> DatasetResults:
     """Explain every image of ``data`` and store the maps and scores in ``out``.
 
     Args:
@@ -79,7 +79,7 @@ def explain_dataset(
             seconds).
 
     Returns:
-        The folder's :class:`Results` (maps by image id).
+        The folder's :class:`DatasetResults` (maps by image id).
     """
     _check_arguments(batch_size, shard_size, workers, engine)
     source = as_source(data, ids)

@@ -8,7 +8,6 @@ preprocessed ``(C, H, W)`` tensor with its label (or ``None``). Unreadable image
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,10 +20,10 @@ from PIL import Image
 from torch import Tensor
 
 from camkit.data.images import Preprocess, load_image
+from camkit.data.specs import DataSpec, folder_images, list_images, parse_spec, spec_help
 
-SPEC_HELP = ("folder:DIR (every image file under DIR, recursively; ids are the paths "
-             "relative to DIR) or list:FILE (one image path per line, optionally a tab and a "
-             "class index; relative paths are relative to FILE's folder)")
+SPEC_KINDS = ("folder", "list")
+SPEC_HELP = spec_help(SPEC_KINDS)
 
 
 class Source(Protocol):
@@ -92,49 +91,22 @@ def _label(rest: Sequence[Any]) -> int | None:
     return int(label) if isinstance(label, (int, np.integer)) else None
 
 
-def image_extensions() -> set[str]:
-    """The file extensions Pillow can open (lower case, with the dot)."""
-    Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+def folder_source(spec: DataSpec) -> FileSource:
+    """Every image of ``folder:DIR`` (see :mod:`camkit.data.specs`); the ids are the paths
+    relative to ``DIR``. Jobs do not read labels from the class sub-folders."""
+    root = Path(spec.args[0])
+    relative = [image.relative for image in folder_images(root, spec.text)]
+    return FileSource([str(root / r) for r in relative], relative, None, spec.text)
 
 
-def folder_source(root: str | os.PathLike[str], spec: str) -> FileSource:
-    """Every image file under ``root`` (recursively, hidden files and folders skipped), sorted
-    by relative path; the ids are those relative paths."""
-    base = Path(root)
-    if not base.is_dir():
-        raise FileNotFoundError(f"{spec}: no folder at {str(base)!r}")
-    extensions = image_extensions()
-    relative = sorted(
-        p.relative_to(base).as_posix() for p in base.rglob("*")
-        if p.suffix.lower() in extensions and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(base).parts)
-    )
-    return FileSource([str(base / r) for r in relative], relative, None, spec)
-
-
-def list_source(file: str | os.PathLike[str], spec: str) -> FileSource:
-    """The image paths listed in ``file``, one per line (``#`` comments and blank lines
-    skipped), each optionally followed by a tab and an integer class label."""
-    path = Path(file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{spec}: no list file at {str(path)!r}")
-    entries = [line.split("\t") for line in path.read_text().splitlines()
-               if line.strip() and not line.lstrip().startswith("#")]
-    ids = [e[0].strip() for e in entries]
-    labels = [_list_label(e, path, n) for n, e in enumerate(entries, 1)]
-    paths = [str(path.parent / i) for i in ids]  # an absolute id stays absolute
-    return FileSource(paths, ids, None if None in labels else labels, spec)
-
-
-def _list_label(entry: list[str], path: Path, line: int) -> int | None:
-    if len(entry) < 2 or not entry[1].strip():
-        return None
-    try:
-        return int(entry[1])
-    except ValueError:
-        raise ValueError(f"{path}, entry {line}: the label after the tab must be a class "
-                         f"index, got {entry[1]!r}") from None
+def list_source(spec: DataSpec) -> FileSource:
+    """The images listed in ``list:FILE``, with their labels when every entry has one."""
+    folder = Path(spec.args[0]).parent
+    entries = list_images(spec.args[0], spec.text)
+    ids = [path for path, _ in entries]
+    labels = [label for _, label in entries if label is not None]
+    paths = [str(folder / i) for i in ids]  # an absolute id stays absolute
+    return FileSource(paths, ids, labels if len(labels) == len(ids) else None, spec.text)
 
 
 def as_source(data: str | Any, ids: Sequence[str] | None = None) -> Source:
@@ -143,11 +115,8 @@ def as_source(data: str | Any, ids: Sequence[str] | None = None) -> Source:
     if isinstance(data, str):
         if ids is not None:
             raise ValueError("ids= is for Python data sets; file sources name images by path")
-        kind, sep, where = data.partition(":")
-        makers = {"folder": folder_source, "list": list_source}
-        if not sep or kind not in makers or not where:
-            raise ValueError(f"unknown data spec {data!r}; use {SPEC_HELP}")
-        source: Source = makers[kind](where, data)
+        spec = parse_spec(data, SPEC_KINDS)
+        source: Source = (folder_source if spec.kind == "folder" else list_source)(spec)
     elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         names = [str(i) for i in range(len(data))] if ids is None else [str(i) for i in ids]
         if len(names) != len(data):

@@ -40,9 +40,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .images import load_image, to_tensor
+from .specs import folder_images, parse_spec
 
 Transform = Callable[[Image.Image], Any]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 ON_ERROR = ("skip", "raise")
 LOAD_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
@@ -247,24 +247,22 @@ class MultiLabelImages(Dataset):
 
     @classmethod
     def from_folders(cls, root: str | Path, transform: Transform | None = None,
-                     on_error: str = "skip",
-                     extensions: Sequence[str] = IMAGE_EXTENSIONS) -> MultiLabelImages:
-        """One sub-folder per class (sorted names); every image file below it (recursively)
-        is a sample of that class, labelled one-hot."""
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"no folder {root}")
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+                     on_error: str = "skip") -> MultiLabelImages:
+        """``folder:DIR`` (see :mod:`camkit.data.specs`): one sub-folder per class (sorted
+        names); every image below it is a sample of that class, labelled one-hot. Images
+        directly in ``root`` have no class and are refused."""
+        images = folder_images(root, f"folder:{root}")
+        unlabelled = [image.relative for image in images if image.folder is None]
+        if unlabelled:
+            raise ValueError(f"{root}: {len(unlabelled)} image(s) lie outside the class "
+                             f"sub-folders, e.g. {unlabelled[0]!r}; move them into one")
+        classes = sorted({str(image.folder) for image in images})
         if not classes:
-            raise ValueError(f"{root} has no class sub-folders")
-        paths, indices = [], []
-        for k, name in enumerate(classes):
-            files = sorted(p for p in (root / name).rglob("*")
-                           if p.is_file() and p.suffix.lower() in extensions)
-            paths += files
-            indices += [k] * len(files)
-        return cls(paths, _multi_hot([[k] for k in indices], len(classes)), classes, transform,
-                   on_error)
+            raise ValueError(f"{root} has no class sub-folders with images")
+        index_of = {name: k for k, name in enumerate(classes)}
+        labels = _multi_hot([[index_of[str(image.folder)]] for image in images], len(classes))
+        return cls([Path(root) / image.relative for image in images], labels, classes,
+                   transform, on_error)
 
 
 def _read_json(path: str | Path) -> dict[str, Any]:
@@ -307,25 +305,20 @@ def _float(text: str) -> float:
         return math.nan
 
 
+SPEC_KINDS = ("folder", "coco", "csv", "vindr", "synthetic")
+
+
 def dataset_from_spec(spec: str, transform: Transform | None = None,
                       on_error: str = "skip") -> Dataset:
-    """A data set from a command-line spec: ``coco:ANNOTATIONS.json:IMAGE_DIR``,
-    ``csv:FILE.csv:IMAGE_DIR``, ``vindr:FILE.csv:IMAGE_DIR``, ``folders:DIR`` or
-    ``synthetic:N`` (``N`` images of :class:`~camkit.data.synthetic.SyntheticMultiLabel`,
-    which ignores ``transform``). Paths must not contain ``:``."""
-    kind, _, rest = spec.partition(":")
-    parts = rest.split(":")
-    two = {"coco": MultiLabelImages.from_coco, "csv": MultiLabelImages.from_csv,
-           "vindr": MultiLabelImages.from_vindr}
-    if kind in two and len(parts) == 2:
-        return two[kind](parts[0], parts[1], transform, on_error)
-    if kind == "folders" and len(parts) == 1 and parts[0]:
-        return MultiLabelImages.from_folders(parts[0], transform, on_error)
-    if kind == "synthetic" and len(parts) == 1 and parts[0].isdigit():
+    """The multi-label data set of a spec of :data:`SPEC_KINDS` (see
+    :mod:`camkit.data.specs`); ``synthetic:N`` ignores ``transform``."""
+    parsed = parse_spec(spec, SPEC_KINDS)
+    if parsed.kind == "synthetic":
         from .synthetic import SyntheticMultiLabel
 
-        return SyntheticMultiLabel(int(parts[0]))
-    raise ValueError(
-        f"cannot read data spec {spec!r}; use coco:ANNOTATIONS.json:IMAGE_DIR, "
-        "csv:FILE.csv:IMAGE_DIR, vindr:FILE.csv:IMAGE_DIR, folders:DIR or synthetic:N"
-    )
+        return SyntheticMultiLabel(parsed.count())
+    if parsed.kind == "folder":
+        return MultiLabelImages.from_folders(parsed.args[0], transform, on_error)
+    readers = {"coco": MultiLabelImages.from_coco, "csv": MultiLabelImages.from_csv,
+               "vindr": MultiLabelImages.from_vindr}
+    return readers[parsed.kind](*parsed.args, transform, on_error)

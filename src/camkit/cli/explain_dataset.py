@@ -1,19 +1,23 @@
-"""``camkit explain-dataset``: the command-line face of :func:`explain_dataset`.
-
-Hook it into the ``camkit`` parser with ``add_parser(subparsers)``; the parser's ``run``
-default is :func:`run`.
-"""
+"""``camkit explain-dataset``: the command-line face of
+:func:`camkit.batch.explain_dataset`."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from .job import TARGET_HELP, ModelSpec
-from .runner import ENGINES, explain_dataset
-from .sources import SPEC_HELP
+from camkit.batch.job import TARGET_HELP, ModelSpec
+from camkit.batch.runner import ENGINES, explain_dataset
+from camkit.batch.sources import SPEC_KINDS
+from camkit.cli.arguments import (
+    add_data_argument,
+    add_methods_argument,
+    add_model_arguments,
+    add_progress_argument,
+    names,
+    parse_options,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -24,18 +28,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "targets in safetensors shards with a manifest. Rerunning the same command "
                     "resumes an interrupted job; other settings into the same --out are "
                     "refused. Read the results with camkit.batch.open_results(OUT).")
-    p.add_argument("--data", required=True, metavar="SPEC", help=SPEC_HELP)
-    p.add_argument("--methods", default="gradcam", help="comma-separated (see camkit methods)")
+    add_data_argument(p, SPEC_KINDS)
+    add_methods_argument(p)
     p.add_argument("--out", required=True, help="the results folder")
     p.add_argument("--engine", choices=ENGINES, default="local",
                    help="local (this machine) or ray (a Ray cluster: --ray-address or "
                         "RAY_ADDRESS, else a local Ray instance)")
-    p.add_argument("--arch", default="efficientnet-lite0",
-                   help="efficientnet-lite0 (pretrained, offline) or a torchvision model name")
-    p.add_argument("--weights", default=None, help="a local state dict for --arch")
-    p.add_argument("--random-init", action="store_true",
-                   help="untrained (seeded) weights, for trials without a weights file")
-    p.add_argument("--layer", default=None, help="target layer (dotted name); default per model")
+    add_model_arguments(p)
     p.add_argument("--target", default="pred", help=TARGET_HELP)
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a method option (repeatable); VALUE is read as JSON when it parses")
@@ -48,34 +47,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="Ray cluster address (ray engine)")
     p.add_argument("--ray-actors", type=int, default=None,
                    help="model actors (ray engine; default one per GPU, else one per CPU)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(run=run)
     return p
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``["batch_size=64", "mode=fast"]`` → ``{"batch_size": 64, "mode": "fast"}``."""
-    options: dict[str, Any] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            raise ValueError(f"--option takes NAME=VALUE, got {item!r}")
-        try:
-            options[name.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            options[name.strip()] = text
-    return options
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the job; the summary goes to stdout, unreadable images to stderr."""
     results = explain_dataset(
-        args.data, args.out, [m.strip() for m in args.methods.split(",") if m.strip()],
+        args.data, args.out, names(args.methods),
         model=ModelSpec(args.arch, args.weights, args.random_init), layer=args.layer,
         target=args.target, options=parse_options(args.option), batch_size=args.batch_size,
         workers=args.workers, shard_size=args.shard_size, map_size=args.map_size,
         engine=args.engine, device=args.device, ray_address=args.ray_address,
-        ray_actors=args.ray_actors, progress=False if args.no_progress else None)
+        ray_actors=args.ray_actors, progress=args.progress)
     for image, reason in results.failed.items():
         print(f"camkit: skipped {image}: {reason}", file=sys.stderr)
     shards = len(results.manifest["shards"])

@@ -1,8 +1,4 @@
-"""``camkit train-memory``: train an M-CAM memory from the command line.
-
-Hooked into the ``camkit`` command by :mod:`camkit.cli` through
-:func:`add_train_memory_parser` and :func:`run_train_memory`.
-"""
+"""``camkit train-memory``: train an M-CAM memory on a frozen network's layer."""
 
 from __future__ import annotations
 
@@ -10,27 +6,23 @@ import argparse
 import sys
 from typing import Any
 
-from ..data.multilabel import dataset_from_spec
-from .training import train_memory
+import torch
 
-DATA_SPEC_HELP = ("coco:ANNOTATIONS.json:IMAGE_DIR, csv:FILE.csv:IMAGE_DIR (NIH style, labels "
-                  "joined by |), vindr:FILE.csv:IMAGE_DIR, folders:DIR (one folder per class) "
-                  "or synthetic:N")
+from camkit.cli.arguments import add_data_argument, add_model_arguments, load_model
+from camkit.data.multilabel import SPEC_KINDS, dataset_from_spec
+from camkit.memory.training import train_memory
 
 
-def add_train_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``train-memory`` sub-command to an ``argparse`` sub-parser collection."""
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``train-memory`` subcommand."""
     p = subparsers.add_parser(
         "train-memory", help="train an M-CAM bias-reducing memory on a frozen network",
         description="Train the key-value memory of M-CAM (Kim & Ro, BMVC 2021) on a frozen "
                     "network's layer and save it as safetensors.")
-    p.add_argument("--data", required=True, metavar="SPEC", help=DATA_SPEC_HELP)
-    p.add_argument("--val-data", metavar="SPEC", help="validation data (same forms)")
+    add_data_argument(p, SPEC_KINDS, what="multi-label training data: ")
+    p.add_argument("--val-data", metavar="SPEC", help="validation data (as --data)")
     p.add_argument("--out", required=True, help="output file, e.g. memory.safetensors")
-    p.add_argument("--arch", required=True, help="model architecture (camkit.zoo name)")
-    p.add_argument("--weights", help="weights name or file for the architecture")
-    p.add_argument("--random-init", action="store_true", help="random weights (for testing)")
-    p.add_argument("--layer", help="target layer (default: the architecture's usual one)")
+    add_model_arguments(p)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--slots", type=int, help="memory slots (default 2 × classes)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -47,19 +39,16 @@ def add_train_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0, help="image-loading workers")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                    help="what to do with missing or corrupt images")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(run=run_train_memory)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars on stderr (default on)")
+    p.set_defaults(run=run)
     return p
 
 
-def run_train_memory(args: argparse.Namespace) -> int:
-    """Run ``train-memory`` with parsed arguments; returns the exit status."""
-    import torch
-
-    from .. import zoo
-
+def run(args: argparse.Namespace) -> int:
+    """Run ``train-memory``; the saved memory's summary goes to stderr."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded = zoo.load_model(args.arch, args.weights, random_init=args.random_init)
+    loaded = load_model(args)
     model = loaded.model.to(device).eval()
     layer = args.layer or loaded.layer
     data = dataset_from_spec(args.data, loaded.preprocess, args.on_error)
@@ -67,12 +56,12 @@ def run_train_memory(args: argparse.Namespace) -> int:
         if args.val_data else None
     class_names = getattr(data, "class_names", None)
     if class_names is None:
-        raise SystemExit(f"the data set {args.data!r} does not name its classes")
+        raise ValueError(f"the data set {args.data!r} does not name its classes")
     memory = train_memory(
         model, layer, data, len(class_names), slots=args.slots, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume, val_data=val,
-        progress=not args.quiet, cache=None if args.cache == "none" else args.cache,
+        progress=args.progress, cache=None if args.cache == "none" else args.cache,
         addr_temperature=args.addr_temperature, class_names=class_names, device=device,
         num_workers=args.num_workers, cache_dir=args.cache_dir,
     )
