@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -175,6 +176,17 @@ def explain(
         eval_mode: run the model in eval mode for the call (its flags are restored).
         seed: seeds the generator of stochastic methods.
         **options: method options (each method receives those it declares).
+
+    Example: two methods, two target classes per image, one forward and one backward pass.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+    ...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    >>> expl = camkit.explain(model, torch.rand(2, 3, 32, 32), targets=[[0, 3], [1, 2]],
+    ...                       methods=["gradcam", "layercam"], layer="1")
+    >>> list(expl), tuple(expl["gradcam"].shape), expl.targets.tolist()
+    (['gradcam', 'layercam'], (2, 2, 32, 32), [[0, 3], [1, 2]])
     """
     names = [methods] if isinstance(methods, str) else list(methods)
     chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
@@ -279,6 +291,41 @@ class CAMMethod:
 
 
 def method_class(class_name: str, method: str) -> type[CAMMethod]:
-    """A :class:`CAMMethod` subclass for a registered method name."""
-    summary = registry.get_method(method).summary
-    return type(class_name, (CAMMethod,), {"method": method, "__doc__": f"{method}: {summary}."})
+    """A :class:`CAMMethod` subclass for a registered method name, documented like a
+    function: ``help(camkit.GradCAM)`` shows the maths, the paper, the options and an
+    example."""
+    return type(class_name, (CAMMethod,), {"method": method,
+                                           "__doc__": class_doc(class_name, method)})
+
+
+EXAMPLE = """\
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+>>> x = torch.rand(2, 3, 32, 32)
+"""
+
+
+def class_doc(class_name: str, method: str) -> str:
+    """The docstring of a method's class: summary, the equations of its pure functions,
+    paper, options with their defaults, and a doctest."""
+    m = registry.get_method(method)
+    maths = "\n\n".join(_indented(inspect.getdoc(f) or f.__name__) for f in m.maths)
+    defaults = {name: p.default for name, p in inspect.signature(m.compute).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    options = ", ".join(f"``{o}={defaults[o]!r}``" if o in defaults else f"``{o}``"
+                        for o in m.options) or "none"
+    example = m.example or (f">>> maps = camkit.{class_name}(model, layer=\"1\")(x, targets=3)\n"
+                            ">>> tuple(maps.shape), bool(maps.min() >= 0), bool(maps.max() <= 1)"
+                            "\n((2, 1, 32, 32), True, True)\n")
+    return (f"{m.summary[0].upper()}{m.summary[1:]} (``{method}``).\n\n"
+            f"``{class_name}(model, layer, **options)(x, targets)`` gives ``(B, K, H, W)`` maps "
+            f"in [0, 1]; ``.explain(x, targets)`` the full :class:`Explanation`. It is "
+            f"``camkit.explain(model, x, targets, [{method!r}], layer, **options)``.\n\n"
+            f"Maths:\n\n{maths}\n\nPaper: {m.paper}.\n\nOptions: {options}.\n\n"
+            f"Example:\n\n{_indented(EXAMPLE + example)}\n")
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + line if line else "" for line in text.splitlines())

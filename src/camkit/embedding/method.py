@@ -10,8 +10,9 @@ from torch import Tensor
 from ..capture import LayerPass
 from ..methods.registry import Method, register
 from .bank import WeightBank
-from .transfer import transfer_raw_maps
-from .weights import embedding_of
+from .transfer import transfer_raw_maps, transfer_weights
+from .triplets import triplet_loss
+from .weights import channel_map, embedding_of, gradcam_weights, top_m
 
 
 def _compute(layer_pass: LayerPass, bank: WeightBank | None = None, neighbours: int = 1,
@@ -47,4 +48,12 @@ register(Method(
     "Chen, Chen, Hajimirsadeghi & Mori, Adapting Grad-CAM for Embedding Networks, WACV 2020 "
     "(arXiv:2001.06538)", _compute,
     options=("bank", "neighbours", "transfer", "n_clusters", "search"),
+    maths=(triplet_loss, gradcam_weights, top_m, transfer_weights, channel_map),
+    example=""">>> from camkit.embedding import fit_weight_bank
+>>> bank = fit_weight_bank(model, "1", torch.rand(4, 3, 32, 32), [0, 0, 1, 1],
+...                        triplets_per_image=2, top_m=4, progress=False)
+>>> maps = camkit.EmbeddingGradCAM(model, layer="1", bank=bank)(x)
+>>> tuple(maps.shape)
+(2, 1, 32, 32)
+""",
 ))

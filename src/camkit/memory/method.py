@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..capture import LayerPass
 from ..methods.registry import Method, register
-from .explain import mcam_raw_maps
+from .explain import channel_similarity, channel_weights, mcam_map, mcam_raw_maps, slot_search
 from .module import BiasReducingMemory
 
 
@@ -38,4 +38,11 @@ register(Method(
     "memory=)",
     "Kim & Ro, M-CAM: Visual Explanation of Challenging Conditioned Dataset with "
     "Bias-reducing Memory, BMVC 2021", _compute, options=("memory",),
+    maths=(slot_search, channel_similarity, channel_weights, mcam_map),
+    example=""">>> from camkit.memory import BiasReducingMemory
+>>> memory = BiasReducingMemory(8, (32, 32), num_classes=4)  # train it: memory.train_memory
+>>> maps = camkit.MCAM(model, layer="1", memory=memory)(x, targets=3)
+>>> tuple(maps.shape)
+(2, 1, 32, 32)
+""",
 ))

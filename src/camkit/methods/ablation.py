@@ -107,5 +107,5 @@ def _ablationcam(layer_pass: LayerPass, split: bool = True, batch_size: int | No
 register(Method(
     "ablationcam", "channels weighted by the score's relative drop when each is set to 0",
     "Desai & Ramaswamy, Ablation-CAM, WACV 2020", _ablationcam,
-    options=("split", *BATCH_OPTIONS),
+    options=("split", *BATCH_OPTIONS), maths=(ablation_weights, ablationcam),
 ))

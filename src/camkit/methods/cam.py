@@ -47,5 +47,5 @@ def _compute(layer_pass: LayerPass, fc: nn.Module | str | None = None) -> Tensor
 register(Method(
     "cam", "the classifier's weights on the pooled layer (GAP → FC heads only)",
     "Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016 "
-    "(arXiv:1512.04150)", _compute, options=("fc",),
+    "(arXiv:1512.04150)", _compute, options=("fc",), maths=(cam,),
 ))

@@ -75,10 +75,11 @@ def _eigengradcam(layer_pass: LayerPass, sign_correction: bool = False) -> Tenso
 register(Method(
     "eigencam", "first principal component of the layer's activations (class-agnostic)",
     "Bany Muhammad & Yeasin, Eigen-CAM, IJCNN 2020 (arXiv:2008.00299)", _eigencam,
-    options=("sign_correction",),
+    options=("sign_correction",), maths=(eigencam, principal_projection, sign_corrected),
 ))
 register(Method(
     "eigengradcam", "first principal component of gradients times activations",
     "pytorch-grad-cam's EigenGradCAM (Eigen-CAM on G ⊙ A)", _eigengradcam,
     frozenset({GRADIENTS}), options=("sign_correction",),
+    maths=(eigengradcam, principal_projection, sign_corrected),
 ))

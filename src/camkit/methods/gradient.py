@@ -88,4 +88,5 @@ for _name, _function, _summary, _paper in [
     ("hirescam", hirescam, "gradients times activations summed over channels, no averaging",
      "Draelos & Carin, HiResCAM, 2020 (arXiv:2011.08891)"),
 ]:
-    register(Method(_name, _summary, _paper, _on_pass(_function), frozenset({GRADIENTS})))
+    register(Method(_name, _summary, _paper, _on_pass(_function), frozenset({GRADIENTS}),
+                    maths=(_function,)))

@@ -42,10 +42,11 @@ def _guided_gradcam(layer_pass: LayerPass) -> Tensor:
 register(Method(
     "guided-backprop", "input gradients through ReLUs that pass only positive gradients",
     "Springenberg et al., Striving for Simplicity, ICLR-W 2015 (arXiv:1412.6806)",
-    _guided_backprop, frozenset({INPUT_GRADIENTS}), relu=False,
+    _guided_backprop, frozenset({INPUT_GRADIENTS}), relu=False, maths=(guided_saliency,),
 ))
 register(Method(
     "guided-gradcam", "guided backpropagation times the upsampled Grad-CAM map",
     "Selvaraju et al., Grad-CAM, ICCV 2017 (arXiv:1610.02391)",
     _guided_gradcam, frozenset({GRADIENTS, INPUT_GRADIENTS}), relu=False,
+    maths=(guided_gradcam, guided_saliency),
 ))

@@ -90,4 +90,5 @@ register(Method(
     "Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
     _occlusion,
     options=("window", "stride", "fill", "precision", *BATCH_OPTIONS),
+    maths=(window_cover, occlusion_map),
 ))

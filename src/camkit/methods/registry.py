@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -25,7 +26,10 @@ class Method:
     ``compute(layer_pass, **options)`` returns raw maps ``(B, K, h, w)`` (or at the input
     resolution ``(B, K, H, W)``), float32, before ReLU, upsampling and normalisation.
     ``options`` names the keyword options the method accepts; ``camkit.explain`` passes each
-    method only the options it declares.
+    method only the options it declares. ``maths`` are the pure functions that hold the
+    method's equations (their docstrings state them, with shapes); ``example`` is a doctest
+    of the method's class when the generic one cannot run (a method that needs a trained
+    artefact), with ``model`` and ``x`` given.
     """
 
     name: str
@@ -36,6 +40,8 @@ class Method:
     options: tuple[str, ...] = ()
     # False for maps that are already signed evidence (guided backprop) and must not be ReLU'd.
     relu: bool = True
+    maths: tuple[Callable[..., Any], ...] = ()
+    example: str = ""
 
 
 _METHODS: dict[str, Method] = {}

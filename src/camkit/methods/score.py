@@ -216,14 +216,17 @@ def _iscam(layer_pass: LayerPass, num_samples: int = 10, **options: Any) -> Tens
 register(Method(
     "scorecam", "channels weighted by the model's score of the input masked by each channel",
     "Wang et al., Score-CAM, CVPR-W 2020 (arXiv:1910.01279)", _scorecam, options=SCORE_OPTIONS,
+    maths=(channel_masks, channel_softmax_weights, class_prob_map, top_variance_channels),
 ))
 register(Method(
     "sscam", "Score-CAM with scores averaged over noisy masks",
     "Wang, Naidu et al., SS-CAM: Smoothed Score-CAM, 2020 (arXiv:2006.14255)", _sscam,
     options=("num_samples", "noise_std", *SCORE_OPTIONS),
+    maths=(smoothed, channel_masks, channel_softmax_weights, class_prob_map),
 ))
 register(Method(
     "iscam", "Score-CAM with scores integrated along masks scaled from 0 to 1",
     "Naidu et al., IS-CAM: Integrated Score-CAM, 2020 (arXiv:2010.03023)", _iscam,
     options=("num_samples", *SCORE_OPTIONS),
+    maths=(integrated, channel_masks, channel_softmax_weights, class_prob_map),
 ))
