@@ -220,7 +220,7 @@ def explain(
             rescore_activations=capture.rescorer_for_activations(
                 model, module, cap.call, inputs, score_fn,
                 _layer_layout_inverse(cap.activation, activations)),
-            input_size=tuple(inputs[0].shape[-2:]),
+            input_size=(inputs[0].shape[-2], inputs[0].shape[-1]),
             generator=torch.Generator(device=device).manual_seed(seed),
             score_outputs=score_fn.score,
         )

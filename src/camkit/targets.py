@@ -132,6 +132,8 @@ class ScoreFn:
     def score(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
         if self.custom is not None:
             return _as_bk(self.custom(outputs, rows), None)
+        if self.indices is None:
+            raise ValueError("a score function needs class indices or a custom score")
         logits = logits_of(outputs)
         idx = self.indices if rows is None else self.indices[rows.to(self.indices.device)]
         return logits.gather(1, idx.to(logits.device))

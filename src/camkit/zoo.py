@@ -218,7 +218,7 @@ def _load_state_dict(model: nn.Module, path: PathLike, arch: str) -> None:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
 
-            state = load_file(path)
+            state: Any = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ Scorer = Callable[[Tensor, Tensor], Tensor]
 
 
 def _at_least_one(value: object, kinds: tuple[type, ...]) -> bool:
-    return isinstance(value, kinds) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, kinds) and not isinstance(value, bool) and cast(float, value) >= 1
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,8 @@ def input_scorer(layer_pass: LayerPass, score: Scores, precision: str, method: s
     ``precision="bf16"``."""
     check_precision(precision)
     inputs = layer_pass.inputs
-    if layer_pass.score_outputs is None:
-        raise ValueError(f"{method} needs a LayerPass with score_outputs (camkit.explain sets it)")
     model, note = folding.evaluation_model(layer_pass.model, inputs, layer_pass.scores,
-                                           layer_pass.score_outputs)
+                                           layer_pass.output_scorer)
     layer_pass.notes.setdefault(method, {})["model"] = note
     rescore = rescorer_for_inputs(model, ScoreFn(None, score), len(inputs))
     device = inputs[0].device

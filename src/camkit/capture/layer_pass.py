@@ -55,3 +55,25 @@ class LayerPass:
     generator: torch.Generator | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     score_outputs: Scores | None = None
+
+    @property
+    def layer_gradients(self) -> Tensor:
+        """:attr:`gradients`, for a method registered with ``needs={GRADIENTS}``."""
+        return _present(self.gradients, "gradients", "GRADIENTS")
+
+    @property
+    def guided_gradients(self) -> Tensor:
+        """:attr:`input_gradients`, for a method registered with ``needs={INPUT_GRADIENTS}``."""
+        return _present(self.input_gradients, "input gradients", "INPUT_GRADIENTS")
+
+    @property
+    def output_scorer(self) -> Scores:
+        """:attr:`score_outputs` (set by ``camkit.explain`` for every pass)."""
+        return _present(self.score_outputs, "an output scorer", "nothing")
+
+
+def _present(value: Any, what: str, need: str) -> Any:
+    if value is None:
+        raise RuntimeError(f"this layer pass holds no {what}: the method must be registered "
+                           f"with needs {need}")
+    return value

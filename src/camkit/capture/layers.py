@@ -6,6 +6,7 @@ import difflib
 import math
 import weakref
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,8 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     module: nn.Module = model
     try:  # allow negative indices into containers, e.g. "encoder.layers.-1"
         for part in name.split("."):
-            module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
+            module = (cast(Any, module)[int(part)] if part.lstrip("-").isdigit()
+                      else getattr(module, part))
         if isinstance(module, nn.Module):
             return module
     except (AttributeError, IndexError, KeyError, TypeError):

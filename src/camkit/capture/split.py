@@ -122,7 +122,7 @@ def _is_batch_size(node: fx.Node) -> bool:
         source = shape.args[0]
     else:
         return False
-    return dim == 0 and isinstance(source, fx.Node) and source.op == "placeholder"
+    return bool(dim == 0 and isinstance(source, fx.Node) and source.op == "placeholder")
 
 
 def _cut(root: fx.GraphModule, cut: fx.Node) -> Split:

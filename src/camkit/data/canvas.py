@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +158,7 @@ class CanvasDataset(Dataset):
 
     @classmethod
     def fashion_mnist(cls, split: str = "train", n: int | None = None,
-                      root: PathLike = FASHION_MNIST_ROOT, **kwargs: object) -> CanvasDataset:
+                      root: PathLike = FASHION_MNIST_ROOT, **kwargs: Any) -> CanvasDataset:
         """Canvases of the first ``n`` (all when ``None``) Fashion-MNIST items of ``split``."""
         images, labels = fashion_mnist(split, root)
         return cls(images[:n], labels[:n], class_names=FASHION_MNIST_CLASSES, **kwargs)

@@ -39,7 +39,7 @@ class ImageFiles:
         item: dict[str, Any] = {"image": self.preprocess(image), "label": label,
                                 "name": path.name}
         if mask_path(path).exists():
-            mask = np.asarray(load_image(mask_path(path))).any(axis=2)
+            mask = np.asarray(np.asarray(load_image(mask_path(path))).any(axis=2))
             item["mask"] = self.preprocess.plan(image).mask(mask)
         return item
 

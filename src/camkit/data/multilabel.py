@@ -319,6 +319,7 @@ def dataset_from_spec(spec: str, transform: Transform | None = None,
         return SyntheticMultiLabel(parsed.count())
     if parsed.kind == "folder":
         return MultiLabelImages.from_folders(parsed.args[0], transform, on_error)
-    readers = {"coco": MultiLabelImages.from_coco, "csv": MultiLabelImages.from_csv,
-               "vindr": MultiLabelImages.from_vindr}
+    readers: dict[str, Callable[..., MultiLabelImages]] = {
+        "coco": MultiLabelImages.from_coco, "csv": MultiLabelImages.from_csv,
+        "vindr": MultiLabelImages.from_vindr}
     return readers[parsed.kind](*parsed.args, transform, on_error)

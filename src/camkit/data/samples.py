@@ -112,7 +112,7 @@ class SampleFile(NamedTuple):
     """One labelled sample image file: its path, position in the set and class index."""
 
     path: Path
-    index: int
+    position: int
     label: int
 
 

@@ -146,8 +146,9 @@ class WeightBank:
             raise ValueError(f"{path}: invalid {KIND} config ({err!r})") from err
         check_tensors(tensors, _expected(*sizes), path, KIND)
         _check_contents(tensors, num_channels, str(path))
-        return cls(**tensors, layer=layer, num_channels=num_channels, normalized=normalized,
-                   fit_settings=fit)
+        return cls(tensors["embeddings"], tensors["channels"], tensors["weights"],
+                   tensors["labels"], tensors["active"], tensors["fallback"], layer=layer,
+                   num_channels=num_channels, normalized=normalized, fit_settings=fit)
 
     def check_compatible(self, layer: str, num_channels: int, embedding_dim: int) -> None:
         """Refuse to explain with a bank fitted on another layer, channel count or

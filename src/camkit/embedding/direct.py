@@ -97,7 +97,7 @@ def triplet_gradcam(
                                  per_triplet=variant == "gradcam++", reshape=reshape)
     channels, values = keep_top_m(result.weights.mean(dim=1), top_m)
     raw = channel_map(result.activations, channels, values)
-    maps, constant = postprocess(raw, tuple(anchors.shape[-2:]))
+    maps, constant = postprocess(raw, (anchors.shape[-2], anchors.shape[-1]))
     inactive = int((result.losses <= 0).all(dim=1).sum()) if hinge else 0
     if inactive:
         warnings.warn(f"{inactive} of {batch} anchors have only inactive triplets (loss 0 under "

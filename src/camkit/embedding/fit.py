@@ -14,7 +14,8 @@ batched backward over the ``T`` triplets, in memory-bounded chunks).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,17 @@ from .triplets import MODES, as_labels, sample_triplets
 from .weights import VARIANTS, embedding_of, triplet_weights
 from .weights import top_m as keep_top_m
 
-ImageData = Tensor | Sequence[Any]
+
+class ImageSet(Protocol):
+    """A data set of images: ``len(data)`` and ``data[i]`` (an image, or a tuple or dict
+    holding one)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
+ImageData = Tensor | ImageSet
 
 
 def image_batch(data: ImageData, rows: Sequence[int] | Tensor) -> Tensor:
@@ -123,7 +134,8 @@ def fit_weight_bank(
             negatives = embeddings[triplets.negatives[rows]].to(probe.device)
             anchors = triplet_weights(
                 model, module, layer_name, image_batch(data, rows),
-                lambda e, p=positives, q=negatives: (e, p, q), margin=margin, variant=variant,
+                partial(_with_partners, positives=positives, negatives=negatives), margin=margin,
+                variant=variant,
                 sign=sign, hinge=hinge, per_triplet=variant == "gradcam++", reshape=reshape)
             c, w = keep_top_m(anchors.weights.mean(dim=1), top_m)
             channels.append(c.cpu())
@@ -136,3 +148,10 @@ def fit_weight_bank(
     return WeightBank(search_space(embeddings, normalize).cpu(), torch.cat(channels),
                       torch.cat(weights).float(), labels, torch.cat(active).long(),
                       triplets.fallback, layer_name, num_channels, normalize, settings)
+
+
+def _with_partners(embeddings: Tensor, positives: Tensor, negatives: Tensor
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(anchors, positives, negatives)`` for :func:`triplet_weights`: the fitted images'
+    own embeddings as anchors, with their sampled partners."""
+    return embeddings, positives, negatives

@@ -66,7 +66,7 @@ def _rescorer(layer_pass: LayerPass, split: bool) -> tuple[Scorer, int, dict[str
         try:
             tail, cut = splitting.checked_tail(
                 layer_pass.model, layer_pass.layer, layer_pass.inputs, acts,
-                layer_pass.scores, layer_pass.score_outputs, layer_pass.rescore_activations,
+                layer_pass.scores, layer_pass.output_scorer, layer_pass.rescore_activations,
             )
             path = {"path": "split"} | ({"cut": cut} if cut else {})
             return tail, acts[0].numel() * 4 * TAIL_MEMORY_FACTOR, path

@@ -69,7 +69,7 @@ def _eigencam(layer_pass: LayerPass, sign_correction: bool = False) -> Tensor:
 
 def _eigengradcam(layer_pass: LayerPass, sign_correction: bool = False) -> Tensor:
     _check(sign_correction)
-    return eigengradcam(layer_pass.activations, layer_pass.gradients, sign_correction)
+    return eigengradcam(layer_pass.activations, layer_pass.layer_gradients, sign_correction)
 
 
 register(Method(

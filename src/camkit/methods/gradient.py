@@ -71,7 +71,7 @@ def hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
 
 def _on_pass(function):  # type: ignore[no-untyped-def]
     def compute(layer_pass: LayerPass) -> Tensor:
-        return function(layer_pass.activations, layer_pass.gradients)
+        return function(layer_pass.activations, layer_pass.layer_gradients)
 
     return compute
 

@@ -25,18 +25,19 @@ def guided_gradcam(input_gradients: Tensor, gradcam_maps: Tensor) -> Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017, §3): guided backpropagation multiplied
     point-wise by the ReLU'd Grad-CAM map upsampled to the input, ``(B, K, H, W)``.
     The Grad-CAM factor is non-negative, so ``max_c |g_c · L| = L · max_c |g_c|``."""
-    cam = upsample(gradcam_maps.clamp(min=0), tuple(input_gradients.shape[-2:]))
+    height, width = input_gradients.shape[-2:]
+    cam = upsample(gradcam_maps.clamp(min=0), (height, width))
     return guided_saliency(input_gradients) * cam
 
 
 def _guided_backprop(layer_pass: LayerPass) -> Tensor:
-    layer_pass.notes["guided-backprop"] = {"gradients": layer_pass.input_gradients}
-    return guided_saliency(layer_pass.input_gradients)
+    layer_pass.notes["guided-backprop"] = {"gradients": layer_pass.guided_gradients}
+    return guided_saliency(layer_pass.guided_gradients)
 
 
 def _guided_gradcam(layer_pass: LayerPass) -> Tensor:
-    cam = gradcam(layer_pass.activations, layer_pass.gradients)
-    return guided_gradcam(layer_pass.input_gradients, cam)
+    cam = gradcam(layer_pass.activations, layer_pass.layer_gradients)
+    return guided_gradcam(layer_pass.guided_gradients, cam)
 
 
 register(Method(

@@ -66,7 +66,7 @@ def _occlusion(layer_pass: LayerPass, window: int | tuple[int, int] = 32,
     cols = window_cover(width, win[1], step[1], device)
     positions = len(rows) * len(cols)
     fill_value = torch.as_tensor(fill, dtype=x.dtype, device=device)
-    score = input_scorer(layer_pass, layer_pass.score_outputs, precision, "occlusion")
+    score = input_scorer(layer_pass, layer_pass.output_scorer, precision, "occlusion")
 
     def evaluate(items: Tensor) -> Tensor:
         image, position = items // positions, items % positions

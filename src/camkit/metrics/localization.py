@@ -107,4 +107,4 @@ def grid_cell_masks(cells: Tensor, grid: tuple[int, int], size: tuple[int, int])
 def grid_pointing_game(maps: Tensor, cells: Tensor, grid: tuple[int, int]) -> Tensor:
     """Grid pointing game per sample ``(B, K)`` (Böhle et al. 2021): the
     :func:`energy_share` of each map inside the grid cell ``cells[b, k]`` of its class."""
-    return energy_share(maps, grid_cell_masks(cells, grid, tuple(maps.shape[-2:])))
+    return energy_share(maps, grid_cell_masks(cells, grid, (maps.shape[-2], maps.shape[-1])))

@@ -57,7 +57,7 @@ def as_map(map_hw: object) -> np.ndarray:
     while arr.ndim > 2 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:
-        raise ValueError(f"expected an (H, W) map, got shape {np.shape(map_hw)}")
+        raise ValueError(f"expected an (H, W) map, got shape {arr.shape}")
     return np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0)
 
 
@@ -108,7 +108,8 @@ def overlay(image: ImageLike, map_hw: object, alpha: float = 0.5) -> np.ndarray:
     return np.rint(blended).astype(np.uint8)
 
 
-def fit_text(text: str, width: int, draw: ImageDraw.ImageDraw, font: object) -> str:
+def fit_text(text: str, width: int, draw: ImageDraw.ImageDraw,
+             font: ImageFont.BaseImageFont | None) -> str:
     """``text``, cut and ended with ``...`` when it is wider than ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text
