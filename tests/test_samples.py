@@ -75,7 +75,7 @@ def test_plain_resize_keeps_the_mask_fraction(quokka_sample: AnnotatedImage) -> 
 def test_imagenet_samples() -> None:
     files = imagenet_samples()
     assert len(files) == 20
-    assert [f.index for f in files] == list(range(20))
+    assert [f.position for f in files] == list(range(20))
     assert all(0 <= f.label < 1000 and f.path.is_file() for f in files)
     assert files[0].path.name == "imagenet_00_243.jpg" and files[0].label == 243
 
