@@ -14,6 +14,7 @@ import torch
 import camkit
 from camkit import demo
 from camkit.artifacts import write_safetensors
+from camkit.cli import demo as demo_command
 from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.embedding import squared_distances
 from tests.test_report import Page, decode
@@ -173,11 +174,12 @@ def args(**given: object) -> argparse.Namespace:
 
 
 def test_command_line_settings() -> None:
-    assert demo.demo_settings(args()) == demo.DEFAULTS
-    assert demo.demo_settings(args(quick=True, parts="mcam")) == {"mcam": demo.QUICK["mcam"]}
-    assert demo.demo_settings(args(images=5))["classic"].images == 5
+    assert demo_command.demo_settings(args()) == demo.DEFAULTS
+    quick = demo_command.demo_settings(args(quick=True, parts="mcam"))
+    assert quick == {"mcam": demo.QUICK["mcam"]}
+    assert demo_command.demo_settings(args(images=5))["classic"].images == 5
     with pytest.raises(ValueError, match="unknown demo part"):
-        demo.demo_settings(args(parts="mcam,nope"))
+        demo_command.demo_settings(args(parts="mcam,nope"))
 
 
 def test_summary_table_has_a_line_per_part_and_a_total(runs) -> None:

@@ -1,0 +1,41 @@
+"""Part 1: the pretrained EfficientNet-Lite0 explains real photos with every classic method."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from camkit import api
+from camkit.demo.settings import TRAINED_METHODS, ClassicSettings, Part
+from camkit.viz.outputs import explain_images
+from camkit.viz.report import ReportSection, save_grid
+from camkit.zoo import load_model
+
+
+def classic_methods() -> list[str]:
+    """Every registered method that needs no trained artifact."""
+    return [m for m in api.available_methods() if m not in TRAINED_METHODS]
+
+
+def classic_part(out: Path, s: ClassicSettings, progress: bool | None) -> Part:
+    """EfficientNet-Lite0 on the quokka and ``s.images`` ImageNet samples, every classic
+    method; per-photo overlays, grids and maps under ``out/images/``."""
+    from .data import imagenet_samples, quokka
+
+    photo = out / "quokka.png"
+    out.mkdir(parents=True, exist_ok=True)
+    quokka().image.save(photo)
+    paths = [photo, *(sample.path for sample in imagenet_samples()[: s.images])]
+    loaded, methods = load_model(), classic_methods()
+    results, _ = explain_images(paths, loaded, methods, out / "images", options=s.options())
+    items = [r.report for r in results]
+    section = ReportSection(
+        "Classic methods on real photos", items,
+        f"The pretrained {loaded.arch} (ImageNet) explains photos that ship inside installed "
+        f"packages, for its top class, with every classic method ({len(methods)}).")
+    first = results[0]
+    return Part("classic", section, [save_grid(items, out / "grids" / "classic.png"),
+                                     *(r.out_dir / "grid.png" for r in results)],
+                f"{len(results)} photos × {len(methods)} methods; {first.path.stem} → "
+                f"{first.predictions[0][0]} {first.predictions[0][1]:.0%}",
+                {"model": loaded.arch, "layer": loaded.layer, "methods": methods,
+                 **s.options()})
