@@ -47,7 +47,7 @@ from .progress import Progress
 from .viz.report import (
     ReportItem,
     ReportSection,
-    Target,
+    TargetRow,
     evaluation_metrics,
     save_grid,
     write_report,
@@ -281,7 +281,7 @@ def multilabel_item(expl: api.Explanation, b: int, image: Tensor, name: str,
                     class_names: Sequence[str]) -> ReportItem:
     """Image ``b`` of a multi-label explanation: per-class sigmoid probabilities."""
     probabilities = expl.outputs[b].detach().float().sigmoid()
-    targets = [Target(class_names[c], float(expl.scores[b, k]), float(probabilities[c]))
+    targets = [TargetRow(class_names[c], float(expl.scores[b, k]), float(probabilities[c]))
                for k, c in enumerate(expl.targets[b].tolist())]
     ranked = [(class_names[c], float(probabilities[c]))
               for c in probabilities.argsort(descending=True).tolist()]
@@ -498,7 +498,7 @@ def neighbour_item(transfers: Mapping[str, api.Explanation], b: int, row: int, t
                 f"{float(d) ** 0.5:.2f}") for d, j in zip(*found, strict=True)]
     return ReportItem(
         f"query {b + 1}: {names[int(test.labels[row])]}", picture(test.images[row]),
-        [Target("the embedding")],
+        [TargetRow("the embedding")],
         maps={name: e["embedding-gradcam"][b] for name, e in transfers.items()},
         raw={name: e.raw["embedding-gradcam"][b] for name, e in transfers.items()},
         gallery=gallery, gallery_title="Nearest bank images")
