@@ -166,7 +166,7 @@ def save_explanation(
 
 
 def _save_maps(expl: Explanation, path: Path) -> Path:
-    arrays = {"scores": expl.scores.detach().cpu().numpy()}
+    arrays: dict[str, Any] = {"scores": expl.scores.detach().cpu().numpy()}
     if expl.targets is not None:
         arrays["targets"] = expl.targets.cpu().numpy()
     for m in expl:

@@ -8,13 +8,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from camkit.viz.overlay import grid, overlay, save_png
+from camkit.viz.overlay import Panel, grid, overlay, save_png
 from camkit.viz.report.model import ReportItem
 
 
-def grid_rows(item: ReportItem, alpha: float = 0.5) -> list[list[tuple[np.ndarray, str]]]:
+def grid_rows(item: ReportItem, alpha: float = 0.5) -> list[list[Panel]]:
     """The rows of ``item``'s PNG figure (for :func:`camkit.viz.grid`): per target, the input
     and each method's overlay; then, when it has any, the item's gallery pictures."""
     rows = [[(item.image, f"{item.name}: {target.label}"),

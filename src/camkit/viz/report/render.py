@@ -30,7 +30,7 @@ _VERSIONED = ("camkit", "torch", "torchvision", "numpy", "pillow")
 class Numbered(NamedTuple):
     """An image of the page: its number (from 1, across every part) and its input's URI."""
 
-    index: int
+    number: int
     item: ReportItem
     input_uri: str
 
@@ -38,7 +38,7 @@ class Numbered(NamedTuple):
 class Part(NamedTuple):
     """A part of the page, numbered from 1, with its numbered images."""
 
-    index: int
+    number: int
     section: ReportSection
     images: list[Numbered]
 
@@ -132,25 +132,33 @@ def _templates() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(num=number, setting=setting_text, facts=target_facts)
+    env.filters.update(num=format_number, setting=setting_text, facts=target_facts)
     env.globals.update(panel=panel, metrics_table=metrics_table, png_uri=png_uri)
     return env
 
 
 def _numbered_parts(entries: Sequence[ReportItem | ReportSection]) -> list[Part]:
-    """The parts of the page, in order: each run of images outside a section becomes an
-    untitled one; images are numbered across the whole page."""
-    sections: list[ReportSection] = []
-    for is_section, run in groupby(entries, key=lambda e: isinstance(e, ReportSection)):
-        group = list(run)
-        sections.extend(group if is_section else [ReportSection("", group)])  # type: ignore[arg-type]
+    """The parts of the page, in order, its images numbered across the whole page."""
     parts, count = [], 0
-    for j, section in enumerate(sections, 1):
+    for j, section in enumerate(_sections(entries), 1):
         images = [Numbered(count + n, item, png_uri(item.image))
                   for n, item in enumerate(section.items, 1)]
         count += len(images)
         parts.append(Part(j, section, images))
     return parts
+
+
+def _sections(entries: Sequence[ReportItem | ReportSection]) -> list[ReportSection]:
+    """``entries`` as sections: each run of images outside a section becomes an untitled
+    one."""
+    sections: list[ReportSection] = []
+    for is_section, run in groupby(entries, key=lambda e: isinstance(e, ReportSection)):
+        group = list(run)
+        if is_section:
+            sections.extend(e for e in group if isinstance(e, ReportSection))
+        else:
+            sections.append(ReportSection("", [e for e in group if isinstance(e, ReportItem)]))
+    return sections
 
 
 def _summary(items: list[ReportItem]) -> str:
@@ -184,13 +192,14 @@ def _raw_view(raw_hw: np.ndarray) -> tuple[str, str]:
     """The raw map scaled from its own min to its max, and the caption giving that range."""
     low, high = float(raw_hw.min()), float(raw_hw.max())
     if high <= low:
-        return map_uri(np.zeros_like(raw_hw)), f"raw: constant {number(low)}"
-    return map_uri((raw_hw - low) / (high - low)), f"raw: {number(low)} to {number(high)}"
+        return map_uri(np.zeros_like(raw_hw)), f"raw: constant {format_number(low)}"
+    caption = f"raw: {format_number(low)} to {format_number(high)}"
+    return map_uri((raw_hw - low) / (high - low)), caption
 
 
 def target_facts(target: TargetRow) -> str:
     """``score … · p …%``, the parts that are known."""
-    facts = [f"score {number(target.score)}" if target.score is not None else "",
+    facts = [f"score {format_number(target.score)}" if target.score is not None else "",
              f"p {100 * target.probability:.1f}%" if target.probability is not None else ""]
     return " · ".join(f for f in facts if f)
 
@@ -215,12 +224,12 @@ def _metric_cell(value: MetricValue | None) -> MetricCell:
     mean, low, high = value if isinstance(value, tuple) else (value, math.nan, math.nan)
     if mean is None or not math.isfinite(mean):
         return MetricCell("", "")
-    interval = (f"{number(low)}, {number(high)}"
+    interval = (f"{format_number(low)}, {format_number(high)}"
                 if math.isfinite(low) and math.isfinite(high) else "")
-    return MetricCell(number(float(mean)), interval)
+    return MetricCell(format_number(float(mean)), interval)
 
 
-def number(value: float) -> str:
+def format_number(value: float) -> str:
     """Three significant digits, or a whole number with thousands separators from 10⁴."""
     return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.3g}"
 
