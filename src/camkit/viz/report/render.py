@@ -132,7 +132,7 @@ def _templates() -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(num=format_number, setting=setting_text, facts=target_facts)
+    env.filters.update(setting=setting_text, facts=target_facts)
     env.globals.update(panel=panel, metrics_table=metrics_table, png_uri=png_uri)
     return env
 
