@@ -15,9 +15,11 @@ viridis map, a palette PNG, over the input image, which is embedded once per ima
 background. The PNG figures written by :func:`save_explanation` are blended by
 :func:`camkit.viz.overlay` itself.
 
-The modules, by job: :mod:`~camkit.viz.report.model` (the data), :mod:`~.adapters` (from
-explanations and results to items and files), :mod:`~.render` (the page, rendered by Jinja2
-from ``templates/``), :mod:`~.images` (``data:`` URIs) and :mod:`~.figures` (PNG grids).
+The modules, by job: ``model`` (the data), ``adapters`` (from explanations and results to
+items and files), ``render`` (the page, rendered by Jinja2 from the package's ``templates/``),
+``images`` (``data:`` URIs) and ``figures`` (PNG grids). Above :mod:`camkit.api`: it takes
+:class:`~camkit.Explanation` from there, and nothing below imports it (``camkit`` exports
+:func:`explanation_to_html` and :func:`save_explanation` on first use).
 """
 
 from camkit.viz.report.adapters import (
