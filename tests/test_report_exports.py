@@ -27,7 +27,7 @@ def test_camkit_exports_the_report_functions_lazily() -> None:
     assert camkit.save_explanation is report.save_explanation
     assert not hasattr(camkit.Explanation, "to_html") and not hasattr(camkit.Explanation, "save")
     with pytest.raises(AttributeError, match="no attribute 'reports'"):
-        _ = camkit.reports  # type: ignore[attr-defined]
+        _ = camkit.reports  # type: ignore[attr-defined]  # the typo is the point
 
 
 def test_save_explanation_from_the_top_level(tmp_path) -> None:

@@ -6,10 +6,6 @@ from . import batch, embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
 from .evaluate import Results, available_metrics, evaluate
 
-if TYPE_CHECKING:
-    from .viz import report
-    from .viz.report import explanation_to_html, save_explanation
-
 __version__ = "0.1.0"
 
 CAM = method_class("CAM", "cam")
@@ -41,12 +37,16 @@ __all__ = [
 
 _FROM_REPORT = ("explanation_to_html", "save_explanation")
 
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from .viz import report
+    from .viz.report import explanation_to_html, save_explanation
+else:
 
-def __getattr__(name: str) -> Any:
-    """``camkit.report`` and its functions, imported on first use: ``import camkit`` loads
-    no HTML."""
-    if name == "report" or name in _FROM_REPORT:
-        from .viz import report
+    def __getattr__(name: str) -> Any:
+        """``camkit.report`` and its functions, imported on first use: ``import camkit``
+        loads no HTML."""
+        if name == "report" or name in _FROM_REPORT:
+            from .viz import report
 
-        return report if name == "report" else getattr(report, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            return report if name == "report" else getattr(report, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
