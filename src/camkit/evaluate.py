@@ -1043,7 +1043,8 @@ def write_evaluation_report(path: str | Path, results: Results, model: nn.Module
 
     ``data``'s images are tensors normalised by ``loaded.preprocess``, as
     :func:`data_from_spec` gives them."""
-    from .viz.report import evaluation_metrics, report_items, write_report  # above this layer
+    # Imported here: `import camkit` imports this module and must not load the HTML report.
+    from .viz.report import evaluation_metrics, report_items, write_report
 
     samples = [as_sample(data[i], i) for i in range(min(images, len(data)))]
     items = []
