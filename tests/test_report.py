@@ -21,7 +21,7 @@ from camkit.viz import colorize
 from camkit.viz.report import (
     ReportItem,
     ReportSection,
-    Target,
+    TargetRow,
     evaluation_metrics,
     explanation_to_html,
     grid_rows,
@@ -196,7 +196,7 @@ def test_class_names_are_escaped_not_interpreted(page) -> None:
 def constant_item() -> ReportItem:
     image = np.full((12, 10, 3), 200, np.uint8)
     return ReportItem(
-        name="blank", image=image, targets=[Target("x")],
+        name="blank", image=image, targets=[TargetRow("x")],
         maps={"zero": np.zeros((1, 12, 10)), "flat": np.full((1, 12, 10), 0.4),
               "norawmap": np.zeros((1, 12, 10))},
         raw={"zero": np.zeros((1, 3, 3)), "flat": np.full((1, 3, 3), 2.5)},
@@ -236,7 +236,7 @@ def test_a_panel_flags_only_constant_maps(page) -> None:
 def test_maps_are_resized_to_the_image() -> None:
     heat = np.zeros((1, 4, 4))
     heat[0, :, :2] = 1.0
-    item = ReportItem("small map", np.zeros((16, 32, 3), np.uint8), [Target("t")],
+    item = ReportItem("small map", np.zeros((16, 32, 3), np.uint8), [TargetRow("t")],
                       {"m": torch.from_numpy(heat)})
     shown = decode(Page(render_report([item])).one("img", "heat").attrs["src"])
     assert shown.shape == (16, 32, 3)
@@ -335,7 +335,7 @@ def test_report_from_results_shows_the_command(explained, tmp_path: Path) -> Non
     ({"image": np.zeros((4, 4, 3))}, "uint8"),
 ])
 def test_bad_items_are_refused(change: dict, message: str) -> None:
-    fields = {"name": "x", "image": np.zeros((4, 4, 3), np.uint8), "targets": [Target("t")],
+    fields = {"name": "x", "image": np.zeros((4, 4, 3), np.uint8), "targets": [TargetRow("t")],
               "maps": {"m": np.zeros((1, 4, 4))}} | change
     with pytest.raises((ValueError, TypeError), match=message):
         ReportItem(**fields)
@@ -405,7 +405,7 @@ def test_sections_group_their_items_text_and_metrics(explained) -> None:
 
 def gallery_item() -> ReportItem:
     pictures = [np.full((8, 8, 3), v, np.uint8) for v in (10, 200)]
-    return ReportItem("query", np.zeros((16, 16, 3), np.uint8), [Target("t")],
+    return ReportItem("query", np.zeros((16, 16, 3), np.uint8), [TargetRow("t")],
                       {"m": np.zeros((1, 4, 4))},
                       gallery=[(pictures[0], "near <1>"), (pictures[1], "far")],
                       gallery_title="Nearest")

@@ -19,7 +19,7 @@ import torch
 import camkit
 from camkit.data import imagenet_samples, load_image, quokka
 from camkit.targets import TopK
-from camkit.viz.report import ReportItem, Target, report_items, write_report
+from camkit.viz.report import ReportItem, TargetRow, report_items, write_report
 from camkit.zoo import load_model
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -196,7 +196,7 @@ def crowded_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     items = [ReportItem(
         name=f"image_{i:02d}_with_a_long_file_name_from_a_camera_roll.jpg",
         image=rng.integers(0, 256, (24, 24, 3), dtype=np.uint8),
-        targets=[Target(label + str(i), 1.0, 0.5)],
+        targets=[TargetRow(label + str(i), 1.0, 0.5)],
         maps={m: np.broadcast_to(np.abs(ramp - rng.random())[:, None], (1, 24, 24))
               for m in methods},
         predictions=[(label, 0.9), ("short", 0.1)],

@@ -1,9 +1,10 @@
 """camkit: class activation maps for PyTorch image models."""
 
+from typing import TYPE_CHECKING, Any
+
 from . import batch, embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
 from .evaluate import Results, available_metrics, evaluate
-from .viz import report
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,22 @@ __all__ = [
     "EmbeddingGradCAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
     "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "Results", "ScoreCAM", "XGradCAM",
     "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
-    "memory", "method_class", "methods", "metrics", "report", "targets",
+    "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
+    "save_explanation", "targets",
 ]
+
+_FROM_REPORT = ("explanation_to_html", "save_explanation")
+
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from .viz import report
+    from .viz.report import explanation_to_html, save_explanation
+else:
+
+    def __getattr__(name: str) -> Any:
+        """``camkit.report`` and its functions, imported on first use: ``import camkit``
+        loads no HTML."""
+        if name == "report" or name in _FROM_REPORT:
+            from .viz import report
+
+            return report if name == "report" else getattr(report, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -20,7 +18,6 @@ from .methods import registry
 from .methods.registry import GRADIENTS, INPUT_GRADIENTS, Method
 from .postprocess import postprocess
 from .targets import ScoreFn, TargetSpec, resolve
-from .viz.report import SavedExplanation, explanation_to_html, save_explanation
 
 
 class Explanation(Mapping[str, Tensor]):
@@ -32,6 +29,9 @@ class Explanation(Mapping[str, Tensor]):
     zeros); ``expl.targets`` the ``(B, K)`` class indices (``None`` for custom scores);
     ``expl.scores`` the ``(B, K)`` target scores; ``expl.outputs`` the model output;
     ``expl.layer`` the target layer's name; ``expl.details`` what methods reported.
+
+    Plain data: :func:`camkit.explanation_to_html` writes its HTML report and
+    :func:`camkit.save_explanation` the report, PNG figures and maps.
     """
 
     def __init__(self, maps: dict[str, Tensor], raw: dict[str, Tensor],
@@ -55,18 +55,6 @@ class Explanation(Mapping[str, Tensor]):
     def numpy(self, method: str) -> np.ndarray:
         """``expl[method]`` as a float32 numpy array on the CPU."""
         return self[method].detach().cpu().numpy()
-
-    def to_html(self, path: str | os.PathLike[str], images: Sequence[Any],
-                class_names: Sequence[str] | None = None, **options: Any) -> Path:
-        """Write the self-contained HTML report; ``images[b]`` is the RGB picture of image
-        ``b`` (see :func:`camkit.viz.report.explanation_to_html` for ``options``)."""
-        return explanation_to_html(self, images, class_names, path, **options)
-
-    def save(self, directory: str | os.PathLike[str], images: Sequence[Any],
-             class_names: Sequence[str] | None = None, **options: Any) -> SavedExplanation:
-        """Write the report, PNG grids and maps into ``directory`` (see
-        :func:`camkit.viz.report.save_explanation`)."""
-        return save_explanation(self, directory, images, class_names, **options)
 
     def __repr__(self) -> str:
         shape = tuple(next(iter(self.maps.values())).shape) if self.maps else ()

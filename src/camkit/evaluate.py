@@ -80,7 +80,6 @@ from .metrics.scoring import Confidence, confidence_function, make_scorer
 from .metrics.stats import Summary, summarize
 from .progress import Progress
 from .targets import logits_of
-from .viz.report import evaluation_metrics, report_items, write_report
 from .zoo import LoadedModel, class_index, load_model
 
 # ---------------------------------------------------------------------------------------------
@@ -1044,6 +1043,9 @@ def write_evaluation_report(path: str | Path, results: Results, model: nn.Module
 
     ``data``'s images are tensors normalised by ``loaded.preprocess``, as
     :func:`data_from_spec` gives them."""
+    # Imported here: `import camkit` imports this module and must not load the HTML report.
+    from .viz.report import evaluation_metrics, report_items, write_report
+
     samples = [as_sample(data[i], i) for i in range(min(images, len(data)))]
     items = []
     if samples:

@@ -24,7 +24,7 @@ from camkit.demo.nets import (
 )
 from camkit.demo.settings import LAYER, EmbeddingSettings, Part
 from camkit.embedding import WeightBank, embed, fit_weight_bank
-from camkit.viz.report import ReportItem, ReportSection, Target, save_grid
+from camkit.viz.report import ReportItem, ReportSection, TargetRow, save_grid
 
 
 class Labelled(NamedTuple):
@@ -105,7 +105,7 @@ def neighbour_item(transfers: Mapping[str, api.Explanation], b: int, row: int, t
                 f"{float(d) ** 0.5:.2f}") for d, j in zip(*found, strict=True)]
     return ReportItem(
         f"query {b + 1}: {names[int(test.labels[row])]}", picture(test.images[row]),
-        [Target("the embedding")],
+        [TargetRow("the embedding")],
         maps={name: e["embedding-gradcam"][b] for name, e in transfers.items()},
         raw={name: e.raw["embedding-gradcam"][b] for name, e in transfers.items()},
         gallery=gallery, gallery_title="Nearest bank images")

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from camkit import api
 from camkit.demo.settings import UPSCALE
-from camkit.viz.report import ReportItem, Target
+from camkit.viz.report import ReportItem, TargetRow
 
 
 def stack(data: Any) -> tuple[Tensor, ...]:
@@ -35,7 +35,7 @@ def multilabel_item(expl: api.Explanation, b: int, image: Tensor, name: str,
                     class_names: Sequence[str]) -> ReportItem:
     """Image ``b`` of a multi-label explanation: per-class sigmoid probabilities."""
     probabilities = expl.outputs[b].detach().float().sigmoid()
-    targets = [Target(class_names[c], float(expl.scores[b, k]), float(probabilities[c]))
+    targets = [TargetRow(class_names[c], float(expl.scores[b, k]), float(probabilities[c]))
                for k, c in enumerate(expl.targets[b].tolist())]
     ranked = [(class_names[c], float(probabilities[c]))
               for c in probabilities.argsort(descending=True).tolist()]
