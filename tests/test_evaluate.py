@@ -19,7 +19,7 @@ from camkit.data import quokka
 from camkit.evaluate import (
     DEFAULT_METRICS,
     METRICS,
-    Results,
+    EvaluationResults,
     add_parser,
     as_sample,
     available_metrics,
@@ -222,7 +222,7 @@ def test_tables_files_and_runs_combined(model, tmp_path):
     assert len(document["per_sample"]["gradcam"]["energy-mask"]) == len(runs[0].pairs["gradcam"])
     markdown = (folder / "results.md").read_text()
     assert "| gradcam |" in markdown and "±" in markdown and "energy-mask ↑" in markdown
-    combined = Results.combine(runs, ["seed 0", "seed 1"])
+    combined = EvaluationResults.combine(runs, ["seed 0", "seed 1"])
     means = [r.summary("hirescam", "average-drop").mean for r in runs]
     assert combined.summary("hirescam", "average-drop").mean == pytest.approx(np.mean(means))
     assert combined.summary("hirescam", "average-drop").n == 2

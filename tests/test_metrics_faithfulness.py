@@ -76,7 +76,7 @@ def test_average_drop_of_a_model_computed_by_hand():
 
 def test_masked_confidence_equals_a_loop(case):
     model, x, maps, targets = case
-    fast = masked_confidence(model, x, maps, targets, max_batch=4)  # 6 rows in 2 chunks
+    fast = masked_confidence(model, x, maps, targets, batch_size=4)  # 6 rows in 2 chunks
     for b in range(3):
         for k in range(2):
             slow = slow_confidence(model, x[b] * maps[b, k], int(targets[b, k]))
@@ -141,9 +141,9 @@ def slow_curve(model, start, end, saliency, cls, steps):
 
 def test_deletion_and_insertion_curves_equal_a_loop(case):
     model, x, maps, targets = case
-    deletion = deletion_curve(model, x, maps, targets, steps=5, max_batch=7)
+    deletion = deletion_curve(model, x, maps, targets, steps=5, batch_size=7)
     grey = torch.full_like(x, 0.5)
-    insertion = insertion_curve(model, x, maps, targets, steps=5, baseline=0.5, max_batch=7)
+    insertion = insertion_curve(model, x, maps, targets, steps=5, baseline=0.5, batch_size=7)
     for b in range(3):
         for k in range(2):
             cls = int(targets[b, k])

@@ -41,7 +41,7 @@ from . import api
 from .artifacts import check_format, check_tensors, read_safetensors, write_safetensors
 from .data.synthetic import SyntheticMultiLabel
 from .embedding import WeightBank, embed, fit_weight_bank, squared_distances
-from .evaluate import Results, evaluate
+from .evaluate import EvaluationResults, evaluate
 from .memory import BiasReducingMemory, layer_features, mean_average_precision, train_memory
 from .progress import Progress
 from .viz.report import (
@@ -402,7 +402,7 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
 
 
 def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMultiLabel,
-                 s: McamSettings, progress: bool | None) -> Results:
+                 s: McamSettings, progress: bool | None) -> EvaluationResults:
     """``camkit.evaluate`` of Grad-CAM and M-CAM on every labelled class of the test split."""
     a, b = s.pair
     return evaluate(net, test, ["gradcam", "mcam"], ["energy-mask", "energy-leak"], LAYER,
@@ -411,7 +411,7 @@ def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMult
                     seed=s.seed, progress=progress)
 
 
-def energy(results: Results, method: str, metric: str) -> float:
+def energy(results: EvaluationResults, method: str, metric: str) -> float:
     """The mean share of ``method``'s maps on the target's own mask (``energy-mask``) or on its
     co-occurring partner's mask (``energy-leak``)."""
     return results.summary(method, metric).mean
