@@ -138,6 +138,7 @@ class _Evaluation:
                               for i in range(len(run.batch.samples))])
 
     def evaluate_batch(self, batch: Batch) -> None:
+        assert self.confidence is not None, "explainable() settles the task first"
         for method in self.methods:
             explained = self._explain(batch, method)
             if explained is not None:

@@ -15,7 +15,7 @@ from ..metrics.localization import box_masks
 from .samples import Batch, Sample
 
 
-def _class_planes(stack: Tensor, classes: list[int], size: tuple[int, ...]) -> list[Tensor]:
+def _class_planes(stack: Tensor, classes: list[int], size: tuple[int, int]) -> list[Tensor]:
     """The plane of each class: the only one of a one-object stack, else the class's own
     (empty for a class beyond the stack)."""
     return [stack[0] if stack.shape[0] == 1 else
@@ -23,7 +23,7 @@ def _class_planes(stack: Tensor, classes: list[int], size: tuple[int, ...]) -> l
             for c in classes]
 
 
-def _leak_planes(sample: Sample, stack: Tensor, classes: list[int], size: tuple[int, ...],
+def _leak_planes(sample: Sample, stack: Tensor, classes: list[int], size: tuple[int, int],
                  partners: Mapping[int, int] | None) -> list[Tensor]:
     """Per class, the union of the masks of the sample's other positives (or only of
     ``partners[c]``)."""
@@ -39,7 +39,8 @@ def _leak_planes(sample: Sample, stack: Tensor, classes: list[int], size: tuple[
 def _region_planes(sample: Sample, classes: list[int], kind: str,
                    partners: Mapping[int, int] | None) -> tuple[Tensor, list[bool]]:
     """``(K, H, W)`` bool planes of ``classes`` for one sample and whether each is annotated."""
-    size = tuple(sample.image.shape[-2:])
+    height, width = sample.image.shape[-2:]
+    size = (height, width)
     stack = sample.masks if kind != "box" else (
         None if sample.boxes is None else box_masks(sample.boxes, size))
     # one object mask has no other objects to leak onto
@@ -70,15 +71,17 @@ def regions(batch: Batch, kind: str, partners: Mapping[int, int] | None = None
 def target_cells(batch: Batch) -> tuple[Tensor, tuple[int, int]]:
     """The grid cell of each target ``(B, K)`` long (−1 where the class has none) and the
     batch's one grid ``(rows, cols)``."""
-    grids = {s.grid for s in batch.samples}
-    if len(grids) != 1 or None in grids:
+    grid = batch.samples[0].grid
+    if grid is None or any(s.grid != grid or s.cells is None for s in batch.samples):
+        grids = {s.grid for s in batch.samples}
         raise ValueError(f"grid-pointing needs samples with 'cells' and one grid per batch, got "
                          f"grids {sorted(map(str, grids))}")
     targets = batch.classes
-    cells = torch.stack([s.cells for s in batch.samples]).to(targets.device)
+    cells = torch.stack([s.cells for s in batch.samples if s.cells is not None])
+    cells = cells.to(targets.device)
     inside = targets < cells.shape[1]
     cell = cells.gather(1, targets.clamp(max=cells.shape[1] - 1)).where(inside, -1)
-    return cell, grids.pop()
+    return cell, grid
 
 
 def nan_where_unknown(values: Tensor, known: Tensor) -> Tensor:
