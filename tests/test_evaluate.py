@@ -128,6 +128,24 @@ def test_harness_values_equal_direct_metric_calls(model):
     assert math.isnan(results.values["gradcam"]["energy-leak"][0])  # s0 has one object
 
 
+def test_metric_batching_knobs_keep_the_values(model):
+    """The metrics' forward passes in chunks of 1, or sized by a memory budget of 1 byte (one
+    image a pass), give the values of the default chunks of 32 (up to float rounding, which
+    depends on the batch size in convolutions)."""
+    items = multilabel_data()
+    metrics = ["average-drop", "deletion", "infidelity", "sensitivity"]
+    options = {m: FAST[m] for m in metrics if m in FAST}
+    runs = [evaluate(model, items, "gradcam", metrics, "features", metric_options=options,
+                     progress=False, **knobs)
+            for knobs in ({}, {"metric_batch_size": 1},
+                          {"metric_batch_size": None, "max_batch_memory": 1})]
+    for run in runs[1:]:
+        for metric in metrics:
+            np.testing.assert_allclose(run.values["gradcam"][metric],
+                                       runs[0].values["gradcam"][metric], rtol=1e-4, atol=1e-6,
+                                       err_msg=metric)
+
+
 def test_single_label_data_uses_the_prediction_and_softmax(model):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, 3, SIZE, SIZE, generator=g)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from camkit.capture.batches import forward_bytes
 from camkit.metrics import (
     auc,
     average_drop,
@@ -81,6 +82,23 @@ def test_masked_confidence_equals_a_loop(case):
         for k in range(2):
             slow = slow_confidence(model, x[b] * maps[b, k], int(targets[b, k]))
             assert fast[b, k].item() == pytest.approx(slow, abs=1e-6)
+
+
+def test_a_memory_budget_sizes_the_forward_passes(case):
+    """``batch_size=None``: as many masked images per pass as the engine's estimate fits into
+    ``max_batch_memory`` (camkit.capture.batches), with the values of fixed-size chunks."""
+    model, x, maps, targets = case
+    sizes = []
+    handle = model.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    try:
+        budgeted = masked_confidence(model, x, maps, targets, batch_size=None,
+                                     max_batch_memory=2 * forward_bytes((x,)))
+    finally:
+        handle.remove()
+    assert sizes == [2, 2, 2]  # 6 masked images, 2 per pass
+    torch.testing.assert_close(budgeted, masked_confidence(model, x, maps, targets))
+    with pytest.raises(ValueError, match="batch_size"):
+        masked_confidence(model, x, maps, targets, batch_size=0)
 
 
 def test_given_base_and_sigmoid_confidence(case):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from camkit.capture.batches import forward_bytes
 from camkit.metrics import (
     Noise,
     infidelity,
@@ -152,6 +153,23 @@ def test_sensitivity_of_an_explainer_that_returns_its_input():
     fixed = max_sensitivity(lambda images, targets: torch.ones_like(images), x,
                             torch.ones_like(x), torch.zeros(2, 1).long())
     assert fixed.abs().max() == 0
+
+
+def test_sensitivity_explains_as_many_copies_as_the_memory_budget_fits():
+    x = torch.rand(2, 1, 4, 4) + 0.5
+    chunks = []
+
+    def explainer(images, targets):
+        chunks.append(len(images))
+        return images
+
+    noise = Noise("uniform", 0.1, seed=2)
+    budgeted = max_sensitivity(explainer, x, x, torch.zeros(2, 1).long(), noise=noise,
+                               n_samples=3, batch_size=None,
+                               max_batch_memory=4 * forward_bytes((x,)))
+    assert chunks == [4, 2]  # 6 perturbed copies, 4 per call
+    fixed = max_sensitivity(explainer, x, x, torch.zeros(2, 1).long(), noise=noise, n_samples=3)
+    assert torch.equal(budgeted, fixed)
 
 
 @pytest.mark.parametrize("relative", [True, False])
