@@ -48,9 +48,14 @@ def _masked(scorer: Scorer, x: Tensor, maps: Tensor, targets: Tensor) -> Tensor:
     return scorer.rows(targets.numel(), make, targets.reshape(-1, 1), x).view_as(targets)
 
 
-def _base_and_masked(scorer: Scorer, x: Tensor, maps: Tensor, targets: Tensor,
-                     base: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``Y`` (``base`` when given) and ``O``, both ``(B, K)``."""
+def base_and_masked(
+    model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
+    confidence: str | Confidence | None = "softmax", batch_size: int | None = METRIC_BATCH_SIZE,
+    max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY, base: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``Y`` and ``O``, both ``(B, K)``: the confidences on ``x`` (``base`` when given) and on
+    the masked images (:func:`masked_confidence`), scored in the same chunks."""
+    scorer = make_scorer(model, confidence, batch_size, max_batch_memory)
     masked = _masked(scorer, x, maps, targets)
     if base is None:
         return scorer(x, targets), masked
@@ -74,28 +79,19 @@ def increase_percent(base: Tensor, masked: Tensor) -> Tensor:
     return 100 * (base < masked).float()
 
 
-def average_drop(
-    model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
-    confidence: str | Confidence | None = "softmax", batch_size: int | None = METRIC_BATCH_SIZE,
-    max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
-    base: Tensor | None = None,
-) -> Tensor:
+def average_drop(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor,
+                 **options: Any) -> Tensor:
     """Average Drop % per sample ``(B, K)`` (lower is better): :func:`drop_percent` of the
-    confidence on ``x`` (``base``, computed unless given) and on the masked image."""
-    scorer = make_scorer(model, confidence, batch_size, max_batch_memory)
-    return drop_percent(*_base_and_masked(scorer, x, maps, targets, base))
+    confidence on ``x`` and on the masked image (keywords: :func:`base_and_masked`)."""
+    return drop_percent(*base_and_masked(model, x, maps, targets, **options))
 
 
-def increase_in_confidence(
-    model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
-    confidence: str | Confidence | None = "softmax", batch_size: int | None = METRIC_BATCH_SIZE,
-    max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
-    base: Tensor | None = None,
-) -> Tensor:
+def increase_in_confidence(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor,
+                           **options: Any) -> Tensor:
     """% Increase in Confidence per sample ``(B, K)`` (higher is better):
-    :func:`increase_percent` of the confidence on ``x`` and on the masked image."""
-    scorer = make_scorer(model, confidence, batch_size, max_batch_memory)
-    return increase_percent(*_base_and_masked(scorer, x, maps, targets, base))
+    :func:`increase_percent` of the confidence on ``x`` and on the masked image (keywords:
+    :func:`base_and_masked`)."""
+    return increase_percent(*base_and_masked(model, x, maps, targets, **options))
 
 
 def saliency_ranks(maps: Tensor) -> Tensor:
