@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import batch, embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
-from .evaluate import Results, available_metrics, evaluate
+from .evaluate import EvaluationResults, available_metrics, evaluate
 
 __version__ = "0.1.0"
 
@@ -28,8 +28,8 @@ EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
     "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "CAMMethod", "EigenCAM", "EigenGradCAM",
-    "EmbeddingGradCAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
-    "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "Results", "ScoreCAM", "XGradCAM",
+    "EmbeddingGradCAM", "EvaluationResults", "Explanation", "GradCAM", "GradCAMPlusPlus",
+    "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "ScoreCAM", "XGradCAM",
     "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
     "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
     "save_explanation", "targets",

