@@ -15,8 +15,8 @@ from camkit.capture import folding, split
 from camkit.cli import main
 from camkit.data import quokka
 from camkit.progress import Progress
+from tests.methods.test_perturbation import TARGETS, ResidualNet, Untraceable
 from tests.models import TinyCNN
-from tests.test_perturbation_methods import TARGETS, ResidualNet, Untraceable
 
 
 @pytest.fixture
