@@ -52,6 +52,14 @@ class Explanation(Mapping[str, Tensor]):
     def __len__(self) -> int:
         return len(self.maps)
 
+    @property
+    def classes(self) -> Tensor:
+        """:attr:`targets` where they must be class indices: ``(B, K)``, or a ``ValueError``
+        for an explanation of custom score targets."""
+        if self.targets is None:
+            raise ValueError("these maps explain custom score targets, not classes")
+        return self.targets
+
     def numpy(self, method: str) -> np.ndarray:
         """``expl[method]`` as a float32 numpy array on the CPU."""
         return self[method].detach().cpu().numpy()

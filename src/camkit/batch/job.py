@@ -170,7 +170,7 @@ class Job:
         return BatchResult(
             index=batch.index.numpy(),
             scores=expl.scores.cpu().numpy(),
-            targets=_class_targets(expl).cpu().numpy(),
+            targets=expl.classes.cpu().numpy(),
             maps={m: self.resize(expl[m]).half().cpu().numpy() for m in self.methods},
             constant={m: expl.constant[m].cpu().numpy() for m in self.methods},
             failed=batch.failed,
@@ -211,10 +211,3 @@ def quiet_constant_maps() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"\d+ of \d+ .* maps were constant",
                                 category=RuntimeWarning)
         yield
-
-
-def _class_targets(expl: api.Explanation) -> Tensor:
-    """The ``(B, K)`` class indices a job explained (its targets are always classes)."""
-    if expl.targets is None:
-        raise RuntimeError("a dataset job explained custom score targets; it stores classes")
-    return expl.targets

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +27,7 @@ from camkit.viz.report import ReportSection, evaluation_metrics, save_grid
 def mcam_splits(s: McamSettings) -> tuple[SyntheticMultiLabel, SyntheticMultiLabel]:
     """The biased training split and the decorrelated test split."""
     first, second = s.pair
-    common = {"image_size": s.image_size, "num_classes": s.classes, "seed": s.seed}
+    common: dict[str, Any] = {"image_size": s.image_size, "num_classes": s.classes, "seed": s.seed}
     return (SyntheticMultiLabel(s.train, cooccur={(first, second): s.cooccur},
                                 imbalance={second: s.rarity}, **common),
             SyntheticMultiLabel(s.test, split="test", **common))
