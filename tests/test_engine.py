@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 import camkit
+from camkit import capture
 from camkit.postprocess import minmax, postprocess
 from camkit.targets import Similarity, Target, TopK
 from tests.models import TinyCNN
@@ -261,7 +262,7 @@ def test_clear_errors(tiny, images, kwargs, message):
 
 def test_layer_never_reached(tiny, images):
     tiny.unused = nn.Conv2d(3, 3, 1)
-    with pytest.raises(RuntimeError, match="not reached"):
+    with pytest.raises(capture.LayerNotReachedError, match="not reached"):
         camkit.explain(tiny, images, layer="unused")
 
 

@@ -207,7 +207,7 @@ def explain(
         layer_pass = LayerPass(
             activations=activations.detach().float(),
             gradients=_gradients(scores, cap.activation, reshape) if GRADIENTS in needs else None,
-            input_gradients=(capture.batched_grad(scores, cap.inputs[0], guided=True).float()
+            input_gradients=(capture.batched_grad(scores, cap.inputs[0], cap.guided).float()
                              if INPUT_GRADIENTS in needs else None),
             scores=scores.detach().float(),
             target_indices=score_fn.indices,
