@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,9 +27,9 @@ def zoo(monkeypatch) -> list[tuple]:
     def load_model(arch: str, weights: str | None = None, *, random_init: bool = False):
         calls.append((arch, weights, random_init))
         torch.manual_seed(0)
-        return SimpleNamespace(model=ShapeNet(classes=3, channels=4), layer="features",
-                               preprocess=Preprocess(16, (0.0,) * 3, (1.0,) * 3, None),
-                               class_names=["x", "y", "z"])
+        return camkit.zoo.LoadedModel(model=ShapeNet(classes=3, channels=4), layer="features",
+                                      preprocess=Preprocess(16, (0.0,) * 3, (1.0,) * 3, None),
+                                      class_names=["x", "y", "z"], input_size=16, arch=arch)
 
     monkeypatch.setattr(camkit.zoo, "load_model", load_model)
     return calls
@@ -105,4 +104,4 @@ def test_explain_uses_the_trained_memory(zoo, tmp_path: Path, capsys) -> None:
         assert maps["mcam"].shape == maps["gradcam"].shape == (1, 16, 16)
         assert 0 <= maps["mcam"].min() and maps["mcam"].max() <= 1
     assert camkit.cli.main([*argv[:-4], "--out", str(tmp_path / "o2")]) == 2  # no --memory
-    assert "mcam needs a trained memory" in capsys.readouterr().err
+    assert "--methods mcam needs --memory FILE" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from camkit import zoo
+from camkit.methods import registry
 from camkit.data.specs import spec_help
 
 DEFAULT_ARCH = "efficientnet-lite0"
@@ -88,9 +89,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, role: str = "") -> N
 
 def load_model(args: argparse.Namespace) -> zoo.LoadedModel:
     """The model that :func:`add_model_arguments`' arguments name."""
-    class_names = read_class_names(args.class_names) if args.class_names else None
+    head = {"num_classes": args.num_classes,
+            "class_names": read_class_names(args.class_names) if args.class_names else None}
     return zoo.load_model(args.arch, args.weights, random_init=args.random_init,
-                          num_classes=args.num_classes, class_names=class_names)
+                          **{k: v for k, v in head.items() if v is not None})
 
 
 def read_class_names(path: str) -> list[str]:
@@ -121,6 +123,17 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     """``--progress/--no-progress`` (default: a bar for runs longer than a few seconds)."""
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: for runs longer than a few s)")
+
+
+def check_method_options(methods: Sequence[str], options: dict[str, Any], *,
+                         exclude: Sequence[str] = ()) -> None:
+    """Refuse an ``--option`` that none of ``methods`` accepts (``exclude``: options the
+    command sets from flags of their own), saying which ones they accept."""
+    accepted = {o for m in methods for o in registry.get_method(m).options} - set(exclude)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"--option {unknown[0]}: no method of --methods {','.join(methods)} "
+                         f"takes it; they take: {', '.join(sorted(accepted)) or 'no options'}")
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:
