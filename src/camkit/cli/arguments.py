@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from camkit import zoo
-from camkit.methods import registry
 from camkit.data.specs import spec_help
+from camkit.methods import registry
 
 DEFAULT_ARCH = "efficientnet-lite0"
 

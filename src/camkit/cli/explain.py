@@ -35,7 +35,6 @@ from camkit.viz.outputs import explain_images
 from camkit.viz.report import report_from_results
 from camkit.zoo import LoadedModel
 
-
 PREDICTED = ("pred", "predicted")
 IMAGE_SPECS = ("folder", "list")
 # The trained artefact each method needs, by its CLI flag, and where it comes from.
