@@ -105,3 +105,33 @@ def test_explain_uses_the_trained_memory(zoo, tmp_path: Path, capsys) -> None:
         assert 0 <= maps["mcam"].min() and maps["mcam"].max() <= 1
     assert camkit.cli.main([*argv[:-4], "--out", str(tmp_path / "o2")]) == 2  # no --memory
     assert "--methods mcam needs --memory FILE" in capsys.readouterr().err
+
+
+def test_with_a_memory_every_method_explains_the_memorys_classes(zoo, tmp_path, capsys):
+    """One target vocabulary per run: the memory's (its head follows the network's layer)."""
+    memory_file = tmp_path / "memory.safetensors"
+    write_folders(tmp_path / "data")
+    assert camkit.cli.main(["train-memory", "--data", f"folder:{tmp_path / 'data'}", "--out",
+                            str(memory_file), "--arch", "a", "--epochs", "1",
+                            "--no-progress"]) == 0
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (20, 24), (90, 40, 9)).save(image)
+    base = ["explain", str(image), "--arch", "a", "--methods", "gradcam,mcam", "--memory",
+            str(memory_file)]
+    assert camkit.cli.main([*base, "--target", "sick", "--out", str(tmp_path / "o")]) == 0
+    with np.load(tmp_path / "o" / "photo" / "maps.npz") as maps:
+        assert int(maps["targets"][0]) == 1  # "sick", for Grad-CAM and M-CAM alike
+    capsys.readouterr()
+    assert camkit.cli.main([*base, "--target", "z", "--out", str(tmp_path / "o2")]) == 2
+    assert "no class named 'z'" in capsys.readouterr().err  # a network class, not the memory's
+
+
+def test_train_memory_says_when_it_resumes(zoo, tmp_path, capsys):
+    argv = ["train-memory", "--data", "synthetic:4", "--out", str(tmp_path / "m.safetensors"),
+            "--arch", "a", "--layer", "features.2", "--checkpoint-dir", str(tmp_path / "ck"),
+            "--no-progress", "--epochs"]
+    assert camkit.cli.main([*argv, "1"]) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert camkit.cli.main([*argv, "2"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "after epoch 1" in err
