@@ -78,11 +78,14 @@ def as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     first = inputs[0]
     if first.dim() == 3:
         inputs = tuple(t.unsqueeze(0) for t in inputs)
+        first = inputs[0]
     elif first.dim() != 4:
         raise ValueError(
             f"x must be an image batch (B, C, H, W) or one image (C, H, W); got shape "
             f"{tuple(first.shape)}"
         )
+    if first.shape[0] == 0:
+        raise ValueError("x holds no images (a batch of 0); pass at least one image")
     for t in inputs:
         if t.is_floating_point() and _not_finite(t):
             raise ValueError("x contains NaN or infinite values; clean the input first")
@@ -203,7 +206,7 @@ def explain(
         layer_pass = LayerPass(
             activations=activations.detach().float(),
             gradients=_gradients(scores, cap.activation, reshape) if GRADIENTS in needs else None,
-            input_gradients=(capture.batched_grad(scores, cap.inputs[0], guided=True).float()
+            input_gradients=(capture.batched_grad(scores, cap.inputs[0], cap.guided).float()
                              if INPUT_GRADIENTS in needs else None),
             scores=scores.detach().float(),
             target_indices=score_fn.indices,

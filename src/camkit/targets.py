@@ -166,6 +166,9 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
         return ScoreFn(logits.argmax(dim=1, keepdim=True), None)
     if isinstance(targets, bool) or isinstance(targets, float):
         raise TypeError(f"targets must be class indices, got {targets!r}")
+    if _holds_text(targets):
+        raise TypeError(f"targets must be class indices, got the text {targets!r}; turn class "
+                        "names into indices with camkit.targets.class_index(name, class_names)")
     if isinstance(targets, int):
         indices = torch.full((batch, 1), targets, dtype=torch.long, device=logits.device)
     else:
@@ -178,6 +181,13 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
         if indices.dim() == 1:
             indices = indices.unsqueeze(1)
     return ScoreFn(_checked(indices.long(), logits, batch), None)
+
+
+def _holds_text(targets: Any) -> bool:
+    """Whether ``targets`` is a string or a (nested) list or tuple holding one."""
+    if isinstance(targets, str):
+        return True
+    return isinstance(targets, (list, tuple)) and any(map(_holds_text, targets))
 
 
 def _checked(indices: Tensor, outputs: Any, batch: int) -> Tensor:

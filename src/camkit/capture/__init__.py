@@ -22,9 +22,11 @@ from .batches import (
 )
 from .hooks import (
     Capture,
+    LayerNotReachedError,
     batched_grad,
     borrowed,
     layer_hook,
+    model_lock,
     rescorer_for_activations,
     rescorer_for_inputs,
     run_forward,
@@ -33,8 +35,8 @@ from .layer_pass import LayerPass
 from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
 
 __all__ = [
-    "BATCH_OPTIONS", "DEFAULT_MAX_BATCH_MEMORY", "Batching", "Capture", "LayerPass", "LayerSpec",
-    "Reshape", "batched_grad", "borrowed", "choose_layer", "find_layer", "forward_bytes",
-    "input_scorer", "layer_hook", "module_name", "rescorer_for_activations",
-    "rescorer_for_inputs", "run_forward", "run_items", "to_spatial",
+    "BATCH_OPTIONS", "DEFAULT_MAX_BATCH_MEMORY", "Batching", "Capture", "LayerNotReachedError",
+    "LayerPass", "LayerSpec", "Reshape", "batched_grad", "borrowed", "choose_layer",
+    "find_layer", "forward_bytes", "input_scorer", "layer_hook", "model_lock", "module_name",
+    "rescorer_for_activations", "rescorer_for_inputs", "run_forward", "run_items", "to_spatial",
 ]

@@ -10,6 +10,8 @@ captured activation, because the network downstream receives a copy.
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,22 +26,42 @@ from ..targets import ScoreFn
 Inputs = tuple[Tensor, ...]
 
 
+_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_locks_guard = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The model's own re-entrant lock: borrowing a model from several threads serialises the
+    borrows (hooks, modes and flags are the model's, so two calls cannot share them)."""
+    with _locks_guard:
+        return _locks.setdefault(model, threading.RLock())
+
+
 @contextlib.contextmanager
 def borrowed(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
-    """Run the model in eval mode with frozen parameters; restore every flag afterwards."""
-    training = [(m, m.training) for m in model.modules()]
-    requires = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        if eval_mode:
-            model.eval()
-        for p, _ in requires:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, flag in training:
-            m.training = flag
-        for p, flag in requires:
-            p.requires_grad_(flag)
+    """Run the model in eval mode with frozen parameters; restore every flag afterwards.
+
+    One thread at a time borrows a given model (the others wait). With ``eval_mode=False``
+    the buffers (BatchNorm running statistics) are restored too: training-mode forwards
+    update them, and explaining must not change the model."""
+    with model_lock(model):
+        training = [(m, m.training) for m in model.modules()]
+        requires = [(p, p.requires_grad) for p in model.parameters()]
+        buffers = [] if eval_mode else [(b, b.clone()) for b in model.buffers()]
+        try:
+            if eval_mode:
+                model.eval()
+            for p, _ in requires:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for m, flag in training:
+                m.training = flag
+            for p, flag in requires:
+                p.requires_grad_(flag)
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
 
 
 def _first_tensor(output: Any) -> Tensor:
@@ -78,8 +100,9 @@ def layer_hook(
         handle.remove()
 
 
-class _GuidedSwitch:
-    """Whether backward passes through ReLUs are guided right now (read at backward time)."""
+class GuidedSwitch:
+    """Whether backward passes through one forward pass's ReLUs are guided right now (read at
+    backward time; each pass has its own switch, so concurrent passes cannot mix)."""
 
     on = False
 
@@ -90,12 +113,13 @@ class _GuidedReLU(torch.autograd.Function):
     backward then applies the forward mask, so the product is ``ReLU(g) · 1[x > 0]``."""
 
     @staticmethod
-    def forward(ctx: Any, relu_output: Tensor) -> Tensor:
+    def forward(ctx: Any, relu_output: Tensor, switch: GuidedSwitch) -> Tensor:
+        ctx.switch = switch
         return relu_output.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad.clamp(min=0) if _GuidedSwitch.on else grad
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return (grad.clamp(min=0) if ctx.switch.on else grad), None
 
 
 class _GuidedMode(TorchFunctionMode):
@@ -105,12 +129,16 @@ class _GuidedMode(TorchFunctionMode):
     RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, torch.Tensor.relu,
              torch.Tensor.relu_}
 
+    def __init__(self, switch: GuidedSwitch) -> None:
+        super().__init__()
+        self.switch = switch
+
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         if func in self.RELUS:
             kwargs.pop("inplace", None)
             out = (F.relu6 if func is F.relu6 else torch.relu)(*args[:1], **{})
-            return _GuidedReLU.apply(out)
+            return _GuidedReLU.apply(out, self.switch)
         return func(*args, **kwargs)
 
 
@@ -122,6 +150,11 @@ class Capture:
     activation: Tensor  # raw layer output, as the layer produced it (at its last call)
     inputs: Inputs  # the inputs as run (requiring grad when input gradients are needed)
     call: int  # which call of the layer was captured (0-based): a shared module's last
+    guided: GuidedSwitch | None = None  # the switch of the pass's guided ReLUs (input_grad)
+
+
+class LayerNotReachedError(ValueError):
+    """The target layer is not called by the model's forward pass."""
 
 
 def run_forward(
@@ -148,24 +181,27 @@ def run_forward(
 
     if input_grad:
         inputs = (inputs[0].detach().requires_grad_(True), *inputs[1:])
-    guided = _GuidedMode() if input_grad else contextlib.nullcontext()
+    switch = GuidedSwitch() if input_grad else None
+    guided = _GuidedMode(switch) if switch else contextlib.nullcontext()
     grad_mode = torch.enable_grad() if (layer_grad or input_grad) else torch.no_grad()
     with layer_hook(layer, keep), grad_mode, guided:
         outputs = model(*inputs)
     if not captured:
-        raise RuntimeError(
+        raise LayerNotReachedError(
             f"the layer {layer_name!r} was not reached during the forward pass; choose a layer "
             "that the model's forward() actually calls"
         )
-    return Capture(outputs, captured[-1], inputs, len(captured) - 1)
+    return Capture(outputs, captured[-1], inputs, len(captured) - 1, switch)
 
 
-def batched_grad(scores: Tensor, wrt: Tensor, guided: bool = False) -> Tensor:
+def batched_grad(scores: Tensor, wrt: Tensor, guided: GuidedSwitch | None = None) -> Tensor:
     """Gradients of every column of ``scores`` ``(B, K)`` with respect to ``wrt`` ``(B, ...)``,
     as ``(B, K, ...)``, from one batched backward pass (samples are independent, so the
-    gradient of a column's sum gives each sample's own gradient)."""
+    gradient of a column's sum gives each sample's own gradient). ``guided``: the pass's
+    switch (:attr:`Capture.guided`), on for this backward pass (guided backpropagation)."""
     k = scores.shape[1]
-    _GuidedSwitch.on = guided
+    if guided is not None:
+        guided.on = True
     try:
         if k == 1:
             (grad,) = torch.autograd.grad(scores.sum(), wrt, retain_graph=True)
@@ -183,7 +219,8 @@ def batched_grad(scores: Tensor, wrt: Tensor, guided: bool = False) -> Tensor:
             ])
         return grad.transpose(0, 1)
     finally:
-        _GuidedSwitch.on = False
+        if guided is not None:
+            guided.on = False
 
 
 def rescorer_for_inputs(

@@ -68,10 +68,14 @@ def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
         return cached[key]
     names = {m: n for n, m in model.named_modules()}
     last: list[str] = []
+    tokens_after: list[str] = []  # token-output modules after the last spatial one
 
     def record(module: nn.Module, _args: object, output: object) -> None:
         if is_spatial(output):
             last.append(names[module])
+            tokens_after.clear()
+        elif is_token_grid(output):
+            tokens_after.append(names[module])
 
     handles = [m.register_forward_hook(record) for m in names if m is not model]
     try:
@@ -85,8 +89,25 @@ def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
             "found no layer with a spatial (B, C, h, w) output on the forward path; pass "
             "layer= explicitly (for transformers, a block whose output is (B, N, C) tokens)"
         )
+    if tokens_after:
+        raise ValueError(
+            f"the automatic layer would be {last[-1]!r}, but the model turns it into tokens "
+            f"afterwards ({tokens_after[0]!r}, ...): it is a transformer's patch embedding, "
+            "whose map says little. Pass layer= a block's token output, e.g. the first "
+            "normalisation of the last block ('encoder.layers.-1.ln_1' for torchvision's ViT, "
+            "'blocks.-1.norm1' for timm's)"
+        )
     cached[key] = last[-1]
     return last[-1]
+
+
+def is_token_grid(t: object) -> bool:
+    """True for ``(B, N, C)`` tokens that :func:`token_grid` turns into a grid."""
+    if not isinstance(t, Tensor) or t.dim() != 3:
+        return False
+    n = t.shape[1]
+    return any(n > extra and math.isqrt(n - extra) ** 2 == n - extra and n - extra > 1
+               for extra in EXTRA_TOKENS)
 
 
 # Leading non-patch tokens: none, class, class + distillation (DeiT), 4 registers, class + 4.
