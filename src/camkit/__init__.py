@@ -13,6 +13,7 @@ GradCAMPlusPlus = method_class("GradCAMPlusPlus", "gradcam++")
 XGradCAM = method_class("XGradCAM", "xgradcam")
 LayerCAM = method_class("LayerCAM", "layercam")
 HiResCAM = method_class("HiResCAM", "hirescam")
+GradCAMElementWise = method_class("GradCAMElementWise", "gradcam-elementwise")
 GuidedBackprop = method_class("GuidedBackprop", "guided-backprop")
 GuidedGradCAM = method_class("GuidedGradCAM", "guided-gradcam")
 ScoreCAM = method_class("ScoreCAM", "scorecam")
@@ -21,14 +22,17 @@ ISCAM = method_class("ISCAM", "iscam")
 AblationCAM = method_class("AblationCAM", "ablationcam")
 EigenCAM = method_class("EigenCAM", "eigencam")
 EigenGradCAM = method_class("EigenGradCAM", "eigengradcam")
+KPCACAM = method_class("KPCACAM", "kpcacam")
+FEM = method_class("FEM", "fem")
 Occlusion = method_class("Occlusion", "occlusion")
 MCAM = method_class("MCAM", "mcam")
 EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
-    "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "CAMMethod", "EigenCAM", "EigenGradCAM",
-    "EmbeddingGradCAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
-    "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "Results", "ScoreCAM", "XGradCAM",
-    "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
-    "memory", "method_class", "methods", "metrics", "report", "targets",
+    "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "EmbeddingGradCAM",
+    "Explanation", "FEM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop",
+    "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM", "Occlusion", "Results",
+    "SSCAM", "ScoreCAM", "XGradCAM", "available_methods", "available_metrics", "batch",
+    "embedding", "evaluate", "explain", "memory", "method_class", "methods", "metrics", "report",
+    "targets",
 ]

@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (registration side effects)
     ablation,
     cam,
     eigen,
+    fem,
     gradient,
     guided,
     occlusion,
