@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 CAM = method_class("CAM", "cam")
 GradCAM = method_class("GradCAM", "gradcam")
 GradCAMPlusPlus = method_class("GradCAMPlusPlus", "gradcam++")
+SmoothGradCAMPlusPlus = method_class("SmoothGradCAMPlusPlus", "smoothgradcam++")
 XGradCAM = method_class("XGradCAM", "xgradcam")
 LayerCAM = method_class("LayerCAM", "layercam")
 HiResCAM = method_class("HiResCAM", "hirescam")
@@ -32,7 +33,7 @@ __all__ = [
     "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "EmbeddingGradCAM",
     "Explanation", "FEM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop",
     "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM", "Occlusion", "Results",
-    "SSCAM", "ScoreCAM", "XGradCAM", "available_methods", "available_metrics", "batch",
-    "embedding", "evaluate", "explain", "memory", "method_class", "methods", "metrics", "report",
-    "targets",
+    "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods",
+    "available_metrics", "batch", "embedding", "evaluate", "explain", "memory", "method_class",
+    "methods", "metrics", "report", "targets",
 ]

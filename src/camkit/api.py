@@ -223,6 +223,9 @@ def explain(
             input_size=(inputs[0].shape[-2], inputs[0].shape[-1]),
             generator=torch.Generator(device=device).manual_seed(seed),
             score_outputs=score_fn.score,
+            gradients_for_inputs=capture.layer_gradients_for_inputs(
+                model, module, cap.call, score_fn,
+                lambda new_scores, activation: _gradients(new_scores, activation, reshape)),
         )
         del cap
         raw = {m.name: m.compute(layer_pass, **opts).float()

@@ -24,6 +24,7 @@ from .hooks import (
     Capture,
     batched_grad,
     borrowed,
+    layer_gradients_for_inputs,
     layer_hook,
     rescorer_for_activations,
     rescorer_for_inputs,
@@ -35,6 +36,6 @@ from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, t
 __all__ = [
     "BATCH_OPTIONS", "DEFAULT_MAX_BATCH_MEMORY", "Batching", "Capture", "LayerPass", "LayerSpec",
     "Reshape", "batched_grad", "borrowed", "choose_layer", "find_layer", "forward_bytes",
-    "input_scorer", "layer_hook", "module_name", "rescorer_for_activations",
-    "rescorer_for_inputs", "run_forward", "run_items", "to_spatial",
+    "input_scorer", "layer_gradients_for_inputs", "layer_hook", "module_name",
+    "rescorer_for_activations", "rescorer_for_inputs", "run_forward", "run_items", "to_spatial",
 ]

@@ -203,6 +203,30 @@ def rescorer_for_inputs(
     return rescore
 
 
+def layer_gradients_for_inputs(
+    model: nn.Module, layer: nn.Module, call: int, score_fn: ScoreFn,
+    gradients: Callable[[Tensor, Tensor], Tensor],
+) -> Callable[[Any, Tensor], Tensor]:
+    """``f(inputs, rows) -> gradients(scores, activation)``: one forward pass of new inputs
+    whose graph starts at the layer's captured ``call``, and ``gradients`` of their target
+    scores ``(n, K)`` (original images ``rows``) with respect to that activation (for methods
+    that need gradients at perturbed inputs: SmoothGrad-CAM++)."""
+
+    def gradients_at(new_inputs: Any, rows: Tensor) -> Tensor:
+        args = new_inputs if isinstance(new_inputs, tuple) else (new_inputs,)
+        captured: list[Tensor] = []
+
+        def keep(output: Tensor) -> Tensor:
+            captured.append(output.detach().requires_grad_(True))
+            return captured[-1].clone()
+
+        with layer_hook(layer, keep, call), torch.enable_grad():
+            scores = score_fn.score(model(*args), rows)
+            return gradients(scores, captured[-1])
+
+    return gradients_at
+
+
 def rescorer_for_activations(
     model: nn.Module, layer: nn.Module, call: int, inputs: Inputs, score_fn: ScoreFn,
     to_layer_layout: Callable[[Tensor], Tensor],

@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (registration side effects)
     guided,
     occlusion,
     score,
+    smooth,
 )
 from .registry import Method, available_methods, get_method, register
 
