@@ -26,14 +26,15 @@ EigenGradCAM = method_class("EigenGradCAM", "eigengradcam")
 KPCACAM = method_class("KPCACAM", "kpcacam")
 FEM = method_class("FEM", "fem")
 Occlusion = method_class("Occlusion", "occlusion")
+RISE = method_class("RISE", "rise")
 MCAM = method_class("MCAM", "mcam")
 EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
     "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "EmbeddingGradCAM",
     "Explanation", "FEM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop",
-    "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM", "Occlusion", "Results",
-    "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods",
+    "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM", "Occlusion", "RISE",
+    "Results", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods",
     "available_metrics", "batch", "embedding", "evaluate", "explain", "memory", "method_class",
     "methods", "metrics", "report", "targets",
 ]
