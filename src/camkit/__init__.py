@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 CAM = method_class("CAM", "cam")
 GradCAM = method_class("GradCAM", "gradcam")
+FullGrad = method_class("FullGrad", "fullgrad")
 GradCAMPlusPlus = method_class("GradCAMPlusPlus", "gradcam++")
 SmoothGradCAMPlusPlus = method_class("SmoothGradCAMPlusPlus", "smoothgradcam++")
 XGradCAM = method_class("XGradCAM", "xgradcam")
@@ -32,9 +33,9 @@ EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
     "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "EmbeddingGradCAM",
-    "Explanation", "FEM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop",
-    "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM", "Occlusion", "RISE",
-    "Results", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods",
-    "available_metrics", "batch", "embedding", "evaluate", "explain", "memory", "method_class",
-    "methods", "metrics", "report", "targets",
+    "Explanation", "FEM", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
+    "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM",
+    "Occlusion", "RISE", "Results", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM",
+    "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
+    "memory", "method_class", "methods", "metrics", "report", "targets",
 ]

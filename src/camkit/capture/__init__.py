@@ -26,6 +26,7 @@ from .hooks import (
     borrowed,
     layer_gradients_for_inputs,
     layer_hook,
+    module_output_gradients,
     rescorer_for_activations,
     rescorer_for_inputs,
     run_forward,
@@ -37,5 +38,6 @@ __all__ = [
     "BATCH_OPTIONS", "DEFAULT_MAX_BATCH_MEMORY", "Batching", "Capture", "LayerPass", "LayerSpec",
     "Reshape", "batched_grad", "borrowed", "choose_layer", "find_layer", "forward_bytes",
     "input_scorer", "layer_gradients_for_inputs", "layer_hook", "module_name",
-    "rescorer_for_activations", "rescorer_for_inputs", "run_forward", "run_items", "to_spatial",
+    "module_output_gradients", "rescorer_for_activations", "rescorer_for_inputs", "run_forward",
+    "run_items", "to_spatial",
 ]

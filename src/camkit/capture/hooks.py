@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..targets import ScoreFn
+from ..targets import ScoreFn, Scores
 
 Inputs = tuple[Tensor, ...]
 
@@ -184,6 +184,36 @@ def batched_grad(scores: Tensor, wrt: Tensor, guided: bool = False) -> Tensor:
         return grad.transpose(0, 1)
     finally:
         _GuidedSwitch.on = False
+
+
+def module_output_gradients(
+    model: nn.Module, modules: list[nn.Module], inputs: Inputs, score: Scores,
+) -> tuple[Tensor, list[tuple[nn.Module, Tensor]]]:
+    """One forward pass from the first input and one backward pass per target: the gradients
+    of ``score(outputs, None)`` ``(B, K)`` with respect to the first input,
+    ``(B, K, *x.shape[1:])``, and to the output of every call of each of ``modules``, as
+    ``(module, (B, K, ...))`` pairs in call order (a module called twice appears twice).
+    Each output reaches the network as a copy, so a later in-place operation cannot change
+    what is differentiated."""
+    outputs: list[tuple[nn.Module, Tensor]] = []
+
+    def keeper(module: nn.Module) -> Callable[[Tensor], Tensor]:
+        def keep(output: Tensor) -> Tensor:
+            outputs.append((module, output))
+            return output.clone()
+
+        return keep
+
+    x = inputs[0].detach().requires_grad_(True)
+    with contextlib.ExitStack() as hooks, torch.enable_grad():
+        for module in dict.fromkeys(modules):
+            hooks.enter_context(layer_hook(module, keeper(module)))
+        scores = score(model(x, *inputs[1:]), None)
+        wrt = [x, *(t for _, t in outputs)]
+        per_target = [torch.autograd.grad(scores[:, k].sum(), wrt, retain_graph=True)
+                      for k in range(scores.shape[1])]
+    grads = [torch.stack(g, dim=1).float() for g in zip(*per_target, strict=True)]
+    return grads[0], [(m, g) for (m, _), g in zip(outputs, grads[1:], strict=True)]
 
 
 def rescorer_for_inputs(

@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (registration side effects)
     cam,
     eigen,
     fem,
+    fullgrad,
     gradient,
     guided,
     occlusion,
