@@ -13,6 +13,7 @@ FullGrad = method_class("FullGrad", "fullgrad")
 GradCAMPlusPlus = method_class("GradCAMPlusPlus", "gradcam++")
 SmoothGradCAMPlusPlus = method_class("SmoothGradCAMPlusPlus", "smoothgradcam++")
 XGradCAM = method_class("XGradCAM", "xgradcam")
+ShapleyCAM = method_class("ShapleyCAM", "shapleycam")
 LayerCAM = method_class("LayerCAM", "layercam")
 HiResCAM = method_class("HiResCAM", "hirescam")
 GradCAMElementWise = method_class("GradCAMElementWise", "gradcam-elementwise")
@@ -35,7 +36,7 @@ __all__ = [
     "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "EmbeddingGradCAM",
     "Explanation", "FEM", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
     "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM",
-    "Occlusion", "RISE", "Results", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM",
-    "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
-    "memory", "method_class", "methods", "metrics", "report", "targets",
+    "Occlusion", "RISE", "Results", "SSCAM", "ScoreCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus",
+    "XGradCAM", "available_methods", "available_metrics", "batch", "embedding", "evaluate",
+    "explain", "memory", "method_class", "methods", "metrics", "report", "targets",
 ]

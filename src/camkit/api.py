@@ -145,11 +145,15 @@ def _layer_layout_inverse(raw: Tensor, spatial: Tensor) -> Reshape:
     return unsupported
 
 
-def _gradients(scores: Tensor, wrt: Tensor, reshape: Reshape | None) -> Tensor:
-    """``(B, K, C, h, w)`` float32 gradients of ``scores`` at the layer, in spatial layout."""
-    grads = capture.batched_grad(scores, wrt)
+def _spatial(grads: Tensor, reshape: Reshape | None) -> Tensor:
+    """Layer-layout gradients ``(B, K, ...)`` → ``(B, K, C, h, w)`` float32, spatial layout."""
     spatial = to_spatial(grads.flatten(0, 1), reshape)
     return spatial.unflatten(0, grads.shape[:2]).float()
+
+
+def _gradients(scores: Tensor, wrt: Tensor, reshape: Reshape | None) -> Tensor:
+    """``(B, K, C, h, w)`` float32 gradients of ``scores`` at the layer, in spatial layout."""
+    return _spatial(capture.batched_grad(scores, wrt), reshape)
 
 
 def explain(
@@ -224,8 +228,7 @@ def explain(
             generator=torch.Generator(device=device).manual_seed(seed),
             score_outputs=score_fn.score,
             gradients_for_inputs=capture.layer_gradients_for_inputs(
-                model, module, cap.call, score_fn,
-                lambda new_scores, activation: _gradients(new_scores, activation, reshape)),
+                model, module, cap.call, score_fn, lambda grads: _spatial(grads, reshape)),
         )
         del cap
         raw = {m.name: m.compute(layer_pass, **opts).float()

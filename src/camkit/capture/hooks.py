@@ -233,16 +233,34 @@ def rescorer_for_inputs(
     return rescore
 
 
+def gradient_and_hessian_product(scores: Tensor, activation: Tensor) -> tuple[Tensor, Tensor]:
+    """``g = ∂s/∂A`` and the Hessian-vector product ``H A = ∂(g·A)/∂A`` (``A`` held fixed), each
+    ``(n, K, ...)``, for scores ``(n, K)`` of a graph that starts at ``activation`` ``(n, ...)``;
+    one double backward pass per target, ``H A = 0`` where ``g`` does not depend on ``A``."""
+    grads, products = [], []
+    for k in range(scores.shape[1]):
+        (g,) = torch.autograd.grad(scores[:, k].sum(), activation, create_graph=True)
+        product = None
+        if g.requires_grad:
+            (product,) = torch.autograd.grad(g, activation, grad_outputs=activation.detach(),
+                                             retain_graph=True, allow_unused=True)
+        grads.append(g.detach())
+        products.append(torch.zeros_like(g) if product is None else product.detach())
+    return torch.stack(grads, dim=1), torch.stack(products, dim=1)
+
+
 def layer_gradients_for_inputs(
     model: nn.Module, layer: nn.Module, call: int, score_fn: ScoreFn,
-    gradients: Callable[[Tensor, Tensor], Tensor],
-) -> Callable[[Any, Tensor], Tensor]:
-    """``f(inputs, rows) -> gradients(scores, activation)``: one forward pass of new inputs
-    whose graph starts at the layer's captured ``call``, and ``gradients`` of their target
-    scores ``(n, K)`` (original images ``rows``) with respect to that activation (for methods
-    that need gradients at perturbed inputs: SmoothGrad-CAM++)."""
+    to_spatial: Callable[[Tensor], Tensor],
+) -> Callable[..., Tensor]:
+    """``f(inputs, rows, hessian=False)``: one forward pass of new inputs whose graph starts at
+    the layer's captured ``call``, and the gradients ``g`` of their target scores ``(n, K)``
+    (original images ``rows``) with respect to that activation, ``to_spatial`` ``(n, K, C, h,
+    w)``; with ``hessian=True`` ``(2, n, K, C, h, w)``, ``g`` and ``H A``
+    (:func:`gradient_and_hessian_product`). For methods that need gradients at perturbed
+    inputs (SmoothGrad-CAM++) or second derivatives (Shapley-CAM)."""
 
-    def gradients_at(new_inputs: Any, rows: Tensor) -> Tensor:
+    def gradients_at(new_inputs: Any, rows: Tensor, hessian: bool = False) -> Tensor:
         args = new_inputs if isinstance(new_inputs, tuple) else (new_inputs,)
         captured: list[Tensor] = []
 
@@ -252,7 +270,10 @@ def layer_gradients_for_inputs(
 
         with layer_hook(layer, keep, call), torch.enable_grad():
             scores = score_fn.score(model(*args), rows)
-            return gradients(scores, captured[-1])
+            if not hessian:
+                return to_spatial(batched_grad(scores, captured[-1]))
+            pair = gradient_and_hessian_product(scores, captured[-1])
+            return torch.stack([to_spatial(part) for part in pair])
 
     return gradients_at
 

@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (registration side effects)
     occlusion,
     rise,
     score,
+    shapley,
     smooth,
 )
 from .registry import Method, available_methods, get_method, register
