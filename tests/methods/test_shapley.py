@@ -18,7 +18,7 @@ def log_probability(cls: int):
 def test_shapleycam_matches_the_full_hessian(deep, images):
     cls = 2
     expl = camkit.explain(deep, images, log_probability(cls), ["shapleycam", "gradcam"], "body")
-    assert (expl.raw["shapleycam"] - expl.raw["gradcam"]).abs().max() > 1e-3  # H A matters
+    assert (expl.raw["shapleycam"] - expl.raw["gradcam"]).abs().max() > 1e-4  # H A matters
     acts = deep.body(images).detach()
     for b in range(3):
         def score(a, b=b):
