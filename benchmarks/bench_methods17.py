@@ -27,6 +27,7 @@ from bench_gradient import (
     max_diff,
     weighted,
 )
+from camkit.targets import Finer
 from common import Row, interleaved_samples, paired_ratio, row, settings, setup
 
 MAPS, SPEED = "methods17-maps", "methods17-speed"
@@ -56,14 +57,18 @@ DESCRIPTIONS = {
 }
 
 
-def grad_cam_peer(cam_name: str, case: Case, x: Tensor, classes: Tensor) -> Tensor:
-    """grad-cam: ``(B, 224, 224)`` maps; FullGrad takes no target layer (it uses them all)."""
+def grad_cam_peer(cam_name: str, case: Case, x: Tensor, classes: Tensor,
+                  target: str = "ClassifierOutputTarget") -> Tensor:
+    """grad-cam: ``(B, 224, 224)`` maps; FullGrad takes no target layer (it uses them all),
+    FinerCAM chooses its own targets."""
     import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam.utils import model_targets
 
     layers = [] if cam_name == "FullGrad" else [case.module]
+    targets = None if cam_name == "FinerCAM" else [getattr(model_targets, target)(int(c))
+                                                   for c in classes]
     with getattr(pgc, cam_name)(case.model, target_layers=layers) as cam:
-        maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+        maps = cam(input_tensor=x, targets=targets)
     case.model.zero_grad(set_to_none=True)  # grad-cam accumulated parameter gradients
     return torch.from_numpy(maps)
 
@@ -80,36 +85,51 @@ def torchcam_smooth(case: Case, x: Tensor, classes: Tensor) -> Tensor:
     return maps.detach()
 
 
+def rest(classes: Tensor) -> Callable[[Tensor], Tensor]:
+    """Shapley-CAM's ReST score ``y_c + log p_c`` (grad-cam's ``ClassifierOutputReST``)."""
+    return lambda out: (out.gather(1, classes[:, None]) + out.log_softmax(dim=1).gather(
+        1, classes[:, None]))
+
+
 @dataclass(frozen=True)
 class Peer:
-    """A camkit method, the peer that has it, its call and how camkit's map is brought to it."""
+    """A camkit method and its targets, the peer that has it, the peer's call, and how
+    camkit's map is brought to the peer's post-processing."""
 
+    name: str
     method: str
     library: str
     call: Callable[[Case, Tensor, Tensor], Tensor]
-    camkit_as_peer: Callable[[camkit.Explanation], Tensor]
+    camkit_as_peer: Callable[[Tensor, Tensor], Tensor]  # (raw, public) first targets → peer's
+    targets: Callable[[Tensor], object] = lambda classes: classes
     options: tuple[tuple[str, object], ...] = ()
     note: str = ""
 
 
-def _raw(method: str, post: Callable[[Tensor], Tensor]) -> Callable[[camkit.Explanation], Tensor]:
-    return lambda expl: post(expl.raw[method][:, 0])
+def _grad_cam(name: str, target: str = "ClassifierOutputTarget"
+              ) -> Callable[[Case, Tensor, Tensor], Tensor]:
+    return lambda case, x, classes: grad_cam_peer(name, case, x, classes, target)
 
 
-def _grad_cam(name: str) -> Callable[[Case, Tensor, Tensor], Tensor]:
-    return lambda case, x, classes: grad_cam_peer(name, case, x, classes)
+def _as_grad_cam(raw: Tensor, public: Tensor) -> Tensor:
+    return as_gradcam_lib(raw)
 
 
 PEERS = [
-    Peer("gradcam-elementwise", "grad-cam", _grad_cam("GradCAMElementWise"),
-         _raw("gradcam-elementwise", as_gradcam_lib)),
-    Peer("fem", "grad-cam", _grad_cam("FEM"), _raw("fem", as_gradcam_lib)),
-    Peer("kpcacam", "grad-cam", _grad_cam("KPCA_CAM"), _raw("kpcacam", as_gradcam_lib),
+    Peer("gradcam-elementwise", "gradcam-elementwise", "grad-cam",
+         _grad_cam("GradCAMElementWise"), _as_grad_cam),
+    Peer("fem", "fem", "grad-cam", _grad_cam("FEM"), _as_grad_cam),
+    Peer("kpcacam", "kpcacam", "grad-cam", _grad_cam("KPCA_CAM"), _as_grad_cam,
          note="grad-cam runs scikit-learn's KernelPCA image by image"),
-    Peer("fullgrad", "grad-cam", _grad_cam("FullGrad"), lambda expl: expl["fullgrad"][:, 0]),
-    Peer("smoothgradcam++", "torchcam", torchcam_smooth,
-         _raw("smoothgradcam++", lambda raw: as_torchcam(raw, relu=True)),
-         options=tuple(SMOOTH.items()),
+    Peer("fullgrad", "fullgrad", "grad-cam", _grad_cam("FullGrad"), lambda raw, public: public),
+    Peer("shapleycam (ReST target)", "shapleycam", "grad-cam",
+         _grad_cam("ShapleyCAM", "ClassifierOutputReST"), _as_grad_cam, rest,
+         note="the score y_c + log p_c of the paper, so that the Hessian does not vanish"),
+    Peer("finer-cam (gradcam, Finer target)", "gradcam", "grad-cam", _grad_cam("FinerCAM"),
+         _as_grad_cam, lambda classes: Finer(),
+         note="three nearest classes by logit, α = 1; grad-cam's default base method"),
+    Peer("smoothgradcam++", "smoothgradcam++", "torchcam", torchcam_smooth,
+         lambda raw, public: as_torchcam(raw, relu=True), options=tuple(SMOOTH.items()),
          note="torchcam's α sums A·D̄₃ over positions, its ReLU takes the last noisy sample's "
               "gradient and its map the last noisy sample's activations; see the explained row"),
 ]
@@ -117,8 +137,8 @@ DIFFERENT = {"smoothgradcam++"}
 
 
 def camkit_call(peer: Peer, case: Case, x: Tensor, classes: Tensor) -> camkit.Explanation:
-    return camkit.explain(case.model, x, classes, peer.method, case.layer, seed=SEED,
-                          **dict(peer.options))
+    return camkit.explain(case.model, x, peer.targets(classes), peer.method, case.layer,
+                          seed=SEED, **dict(peer.options))
 
 
 def torchcam_smooth_variant(case: Case, x: Tensor, classes: Tensor) -> Tensor:
@@ -145,16 +165,18 @@ def top1(case: Case, x: Tensor) -> Tensor:
 def maps(case: Case) -> list[Row]:
     x = case.x
     classes = top1(case, x)
-    rows = []
+    rows, theirs = [], {}
     for peer in PEERS:
-        ours = peer.camkit_as_peer(camkit_call(peer, case, x, classes))
-        goal = None if peer.method in DIFFERENT else SAME
-        rows.append(row(MAPS, f"{case.name} {peer.method} vs {peer.library}",
-                        max_diff(ours, peer.call(case, x, classes)), "max |Δ|", peer.note, goal))
-    theirs = torchcam_smooth(case, x, classes)
+        expl = camkit_call(peer, case, x, classes)
+        method = expl.raw[peer.method][:, 0]
+        ours = peer.camkit_as_peer(method, expl[peer.method][:, 0])
+        theirs[peer.name] = peer.call(case, x, classes)
+        goal = None if peer.name in DIFFERENT else SAME
+        rows.append(row(MAPS, f"{case.name} {peer.name} vs {peer.library}",
+                        max_diff(ours, theirs[peer.name]), "max |Δ|", peer.note, goal))
+    variant = as_torchcam(torchcam_smooth_variant(case, x, classes), True)
     rows.append(row(MAPS, f"{case.name} smoothgradcam++ explained: torchcam's variant",
-                    max_diff(as_torchcam(torchcam_smooth_variant(case, x, classes), True),
-                             theirs), "max |Δ|",
+                    max_diff(variant, theirs["smoothgradcam++"]), "max |Δ|",
                     "the same noise, torchcam's three choices recomputed", SAME))
     return rows
 
@@ -170,7 +192,7 @@ def speed(case: Case) -> list[Row]:
                  peer.library: lambda peer=peer: peer.call(case, x, classes)}
         times = interleaved_samples(calls, min(warmup, 1), repeats)
         ms = {name: 1000 * float(np.median(t)) for name, t in times.items()}
-        rows.append(row(SPEED, f"{case.name} b8: {peer.method} camkit / {peer.library}",
+        rows.append(row(SPEED, f"{case.name} b8: {peer.name} camkit / {peer.library}",
                         paired_ratio(times["camkit"], times[peer.library]), "×",
                         f"{ms['camkit']:.0f} ms vs {ms[peer.library]:.0f} ms", "<= 1.0"))
     return rows + [rise_throughput(case)]
