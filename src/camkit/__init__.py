@@ -10,10 +10,14 @@ __version__ = "0.1.0"
 
 CAM = method_class("CAM", "cam")
 GradCAM = method_class("GradCAM", "gradcam")
+FullGrad = method_class("FullGrad", "fullgrad")
 GradCAMPlusPlus = method_class("GradCAMPlusPlus", "gradcam++")
+SmoothGradCAMPlusPlus = method_class("SmoothGradCAMPlusPlus", "smoothgradcam++")
 XGradCAM = method_class("XGradCAM", "xgradcam")
+ShapleyCAM = method_class("ShapleyCAM", "shapleycam")
 LayerCAM = method_class("LayerCAM", "layercam")
 HiResCAM = method_class("HiResCAM", "hirescam")
+GradCAMElementWise = method_class("GradCAMElementWise", "gradcam-elementwise")
 GuidedBackprop = method_class("GuidedBackprop", "guided-backprop")
 GuidedGradCAM = method_class("GuidedGradCAM", "guided-gradcam")
 ScoreCAM = method_class("ScoreCAM", "scorecam")
@@ -22,17 +26,21 @@ ISCAM = method_class("ISCAM", "iscam")
 AblationCAM = method_class("AblationCAM", "ablationcam")
 EigenCAM = method_class("EigenCAM", "eigencam")
 EigenGradCAM = method_class("EigenGradCAM", "eigengradcam")
+KPCACAM = method_class("KPCACAM", "kpcacam")
+FEM = method_class("FEM", "fem")
 Occlusion = method_class("Occlusion", "occlusion")
+RISE = method_class("RISE", "rise")
 MCAM = method_class("MCAM", "mcam")
 EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
-    "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "CAMMethod", "EigenCAM", "EigenGradCAM",
-    "EmbeddingGradCAM", "EvaluationResults", "Explanation", "GradCAM", "GradCAMPlusPlus",
-    "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "ScoreCAM", "XGradCAM",
-    "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
-    "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
-    "save_explanation", "targets",
+    "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "EmbeddingGradCAM",
+    "EvaluationResults", "Explanation", "FEM", "FullGrad", "GradCAM", "GradCAMElementWise",
+    "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM",
+    "LayerCAM", "MCAM", "Occlusion", "RISE", "SSCAM", "ScoreCAM", "ShapleyCAM",
+    "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods", "available_metrics", "batch",
+    "embedding", "evaluate", "explain", "explanation_to_html", "memory", "method_class", "methods",
+    "metrics", "report", "save_explanation", "targets",
 ]
 
 _FROM_REPORT = ("explanation_to_html", "save_explanation")

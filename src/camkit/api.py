@@ -144,11 +144,15 @@ def _layer_layout_inverse(raw: Tensor, spatial: Tensor) -> Reshape:
     return unsupported
 
 
-def _gradients(scores: Tensor, wrt: Tensor, reshape: Reshape | None) -> Tensor:
-    """``(B, K, C, h, w)`` float32 gradients of ``scores`` at the layer, in spatial layout."""
-    grads = capture.batched_grad(scores, wrt)
+def _spatial(grads: Tensor, reshape: Reshape | None) -> Tensor:
+    """Layer-layout gradients ``(B, K, ...)`` → ``(B, K, C, h, w)`` float32, spatial layout."""
     spatial = to_spatial(grads.flatten(0, 1), reshape)
     return spatial.unflatten(0, grads.shape[:2]).float()
+
+
+def _gradients(scores: Tensor, wrt: Tensor, reshape: Reshape | None) -> Tensor:
+    """``(B, K, C, h, w)`` float32 gradients of ``scores`` at the layer, in spatial layout."""
+    return _spatial(capture.batched_grad(scores, wrt), reshape)
 
 
 def explain(
@@ -161,6 +165,7 @@ def explain(
     reshape: Reshape | None = None,
     eval_mode: bool = True,
     seed: int = 0,
+    aug_smooth: bool = False,
     **options: Any,
 ) -> Explanation:
     """Explain ``model``'s output on ``x`` with one or more methods, from one forward pass.
@@ -174,6 +179,9 @@ def explain(
         reshape: maps the layer output to ``(B, C, h, w)`` when it cannot be inferred.
         eval_mode: run the model in eval mode for the call (its flags are restored).
         seed: seeds the generator of stochastic methods.
+        aug_smooth: average each method's maps over the test-time augmentations of
+            :data:`AUGMENTATIONS` (horizontal flip × brightness 0.9, 1, 1.1), each map flipped
+            back, for the classes chosen on the clean input; six passes instead of one.
         **options: method options (each method receives those it declares).
 
     Example: two methods, two target classes per image, one forward and one backward pass.
@@ -187,6 +195,9 @@ def explain(
     >>> list(expl), tuple(expl["gradcam"].shape), expl.targets.tolist()
     (['gradcam', 'layercam'], (2, 2, 32, 32), [[0, 3], [1, 2]])
     """
+    if aug_smooth:
+        return _augmentation_smoothed(model, x, targets, methods, layer, reshape=reshape,
+                                      eval_mode=eval_mode, seed=seed, **options)
     names = [methods] if isinstance(methods, str) else list(methods)
     chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
     per_method_options = check_options(chosen, options)
@@ -222,6 +233,8 @@ def explain(
             input_size=(inputs[0].shape[-2], inputs[0].shape[-1]),
             generator=torch.Generator(device=device).manual_seed(seed),
             score_outputs=score_fn.score,
+            gradients_for_inputs=capture.layer_gradients_for_inputs(
+                model, module, cap.call, score_fn, lambda grads: _spatial(grads, reshape)),
         )
         del cap
         raw = {m.name: m.compute(layer_pass, **opts).float()
@@ -232,6 +245,37 @@ def explain(
         _warn_constant(m.name, constant[m.name])
     return Explanation(maps, raw, constant, score_fn.indices, layer_pass.scores,
                        layer_pass.outputs, layer_name, layer_pass.notes)
+
+
+# Test-time augmentations of aug_smooth: (horizontal flip, brightness factor), clean first.
+AUGMENTATIONS = ((False, 1.0), (False, 0.9), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1))
+
+
+def _augmentation_smoothed(model: nn.Module, x: Tensor | Sequence[Tensor], targets: TargetSpec,
+                           methods: str | Sequence[str], layer: LayerSpec,
+                           **settings: Any) -> Explanation:
+    """``explain`` averaged over :data:`AUGMENTATIONS`: each augmented first input
+    ``flip(x) · factor`` is explained for the clean input's classes, its maps (and raw maps)
+    are flipped back, and the mean of the maps is min-max normalised again."""
+    inputs = as_inputs(x)
+    clean = explain(model, inputs, targets, methods, layer, **settings)
+    chosen = targets if clean.targets is None else clean.targets
+    runs = [clean]
+    for flip, factor in AUGMENTATIONS[1:]:
+        first = inputs[0].flip(-1) if flip else inputs[0]
+        expl = explain(model, (first * factor, *inputs[1:]), chosen, methods, layer, **settings)
+        if flip:
+            expl.maps = {name: m.flip(-1) for name, m in expl.maps.items()}
+            expl.raw = {name: m.flip(-1) for name, m in expl.raw.items()}
+        runs.append(expl)
+    maps, raw, constant = {}, {}, {}
+    for name in clean.maps:
+        mean = torch.stack([r.maps[name] for r in runs]).mean(dim=0)
+        maps[name], constant[name] = postprocess(mean, (mean.shape[-2], mean.shape[-1]), False)
+        raw[name] = torch.stack([r.raw[name] for r in runs]).mean(dim=0)
+    details = {**clean.details, "aug_smooth": {"augmentations": AUGMENTATIONS}}
+    return Explanation(maps, raw, constant, clean.targets, clean.scores, clean.outputs,
+                       clean.layer, details)
 
 
 def _checked_scores(score_fn: ScoreFn, outputs: Any, batch: int) -> Tensor:

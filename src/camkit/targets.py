@@ -107,6 +107,53 @@ class Similarity(Target):
         return F.cosine_similarity(emb.unsqueeze(1), ref, dim=-1)
 
 
+@dataclass(frozen=True)
+class Finer(Target):
+    """Finer-CAM's comparison target (Zhang et al., Finer-CAM, CVPR 2025, arXiv:2501.11309):
+    explain what sets the main class ``c`` apart from the classes most like it.
+
+    ``s = Σ_j p_j (y_c − α y_j) / Σ_j p_j`` over the comparison classes ``j``, the classes whose
+    logits are closest to ``y_c`` (``ranks`` 1, 2, 3 of ``|y_j − y_c|``: rank 0 is ``c``),
+    with ``p = softmax(y)``. ``main`` is one class for every image (``None``: each image's
+    top-1); ``alpha=0`` gives ``s = y_c``, the plain class score. Used with any method
+    (``camkit.explain(model, x, Finer(), ["gradcam"])`` is Finer-CAM). Methods that re-score
+    perturbed copies need the classes fixed on the clean output: pass
+    ``Finer().bound(model(x))``."""
+
+    ranks: tuple[int, ...] = (1, 2, 3)
+    alpha: float = 1.0
+    main: int | None = None
+    chosen: tuple[Tensor, Tensor] | None = None  # (B,) main and (B, J) comparison classes
+
+    def classes(self, outputs: Any) -> tuple[Tensor, Tensor]:
+        """The ``(B,)`` main and ``(B, J)`` comparison classes chosen on ``outputs``."""
+        logits = logits_of(outputs).detach()
+        if self.main is None:
+            main = logits.argmax(dim=1)
+        else:
+            main = torch.full((len(logits),), self.main, dtype=torch.long, device=logits.device)
+        distance = (logits - logits.gather(1, main[:, None])).abs()
+        distance.scatter_(1, main[:, None], -1.0)  # the main class ranks first, ties or not
+        return main, distance.argsort(dim=1)[:, list(self.ranks)]
+
+    def bound(self, outputs: Any) -> Finer:
+        """This target with its classes fixed on the clean ``outputs`` ``(B, n_classes)``."""
+        return Finer(self.ranks, self.alpha, self.main, self.classes(outputs))
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        if self.chosen is None and rows is not None:
+            raise ValueError("this method re-scores perturbed inputs: fix Finer's classes on "
+                             "the clean output first, targets=Finer().bound(model(x))")
+        main, compared = self.classes(outputs) if self.chosen is None else self.chosen
+        if rows is not None:
+            main, compared = main[rows.to(main.device)], compared[rows.to(compared.device)]
+        logits = logits_of(outputs)
+        probs = logits.softmax(dim=1).gather(1, compared)
+        gap = logits.gather(1, main[:, None]) - self.alpha * logits.gather(1, compared)
+        total = probs.sum(dim=1).clamp(min=torch.finfo(probs.dtype).tiny)
+        return ((probs * gap).sum(dim=1) / total)[:, None]
+
+
 TargetSpec = None | int | Sequence | Tensor | Callable[[Any], Tensor] | Target
 # Target scores read from a model output: ``(outputs, rows) -> (n, K)``, where row ``i`` of the
 # output belongs to original image ``rows[i]`` (``rows=None``: the original batch).

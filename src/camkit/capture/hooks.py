@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..targets import ScoreFn
+from ..targets import ScoreFn, Scores
 
 Inputs = tuple[Tensor, ...]
 
@@ -223,6 +223,36 @@ def batched_grad(scores: Tensor, wrt: Tensor, guided: GuidedSwitch | None = None
             guided.on = False
 
 
+def module_output_gradients(
+    model: nn.Module, modules: list[nn.Module], inputs: Inputs, score: Scores,
+) -> tuple[Tensor, list[tuple[nn.Module, Tensor]]]:
+    """One forward pass from the first input and one backward pass per target: the gradients
+    of ``score(outputs, None)`` ``(B, K)`` with respect to the first input,
+    ``(B, K, *x.shape[1:])``, and to the output of every call of each of ``modules``, as
+    ``(module, (B, K, ...))`` pairs in call order (a module called twice appears twice).
+    Each output reaches the network as a copy, so a later in-place operation cannot change
+    what is differentiated."""
+    outputs: list[tuple[nn.Module, Tensor]] = []
+
+    def keeper(module: nn.Module) -> Callable[[Tensor], Tensor]:
+        def keep(output: Tensor) -> Tensor:
+            outputs.append((module, output))
+            return output.clone()
+
+        return keep
+
+    x = inputs[0].detach().requires_grad_(True)
+    with contextlib.ExitStack() as hooks, torch.enable_grad():
+        for module in dict.fromkeys(modules):
+            hooks.enter_context(layer_hook(module, keeper(module)))
+        scores = score(model(x, *inputs[1:]), None)
+        wrt = [x, *(t for _, t in outputs)]
+        per_target = [torch.autograd.grad(scores[:, k].sum(), wrt, retain_graph=True)
+                      for k in range(scores.shape[1])]
+    grads = [torch.stack(g, dim=1).float() for g in zip(*per_target, strict=True)]
+    return grads[0], [(m, g) for (m, _), g in zip(outputs, grads[1:], strict=True)]
+
+
 def rescorer_for_inputs(
     model: nn.Module, score_fn: ScoreFn, n_inputs: int
 ) -> Callable[[Any, Tensor], Tensor]:
@@ -238,6 +268,51 @@ def rescorer_for_inputs(
             return score_fn.score(model(*args), rows).float()
 
     return rescore
+
+
+def gradient_and_hessian_product(scores: Tensor, activation: Tensor) -> tuple[Tensor, Tensor]:
+    """``g = ∂s/∂A`` and the Hessian-vector product ``H A = ∂(g·A)/∂A`` (``A`` held fixed), each
+    ``(n, K, ...)``, for scores ``(n, K)`` of a graph that starts at ``activation`` ``(n, ...)``;
+    one double backward pass per target, ``H A = 0`` where ``g`` does not depend on ``A``."""
+    grads, products = [], []
+    for k in range(scores.shape[1]):
+        (g,) = torch.autograd.grad(scores[:, k].sum(), activation, create_graph=True)
+        product = None
+        if g.requires_grad:
+            (product,) = torch.autograd.grad(g, activation, grad_outputs=activation.detach(),
+                                             retain_graph=True, allow_unused=True)
+        grads.append(g.detach())
+        products.append(torch.zeros_like(g) if product is None else product.detach())
+    return torch.stack(grads, dim=1), torch.stack(products, dim=1)
+
+
+def layer_gradients_for_inputs(
+    model: nn.Module, layer: nn.Module, call: int, score_fn: ScoreFn,
+    to_spatial: Callable[[Tensor], Tensor],
+) -> Callable[..., Tensor]:
+    """``f(inputs, rows, hessian=False)``: one forward pass of new inputs whose graph starts at
+    the layer's captured ``call``, and the gradients ``g`` of their target scores ``(n, K)``
+    (original images ``rows``) with respect to that activation, ``to_spatial`` ``(n, K, C, h,
+    w)``; with ``hessian=True`` ``(2, n, K, C, h, w)``, ``g`` and ``H A``
+    (:func:`gradient_and_hessian_product`). For methods that need gradients at perturbed
+    inputs (SmoothGrad-CAM++) or second derivatives (Shapley-CAM)."""
+
+    def gradients_at(new_inputs: Any, rows: Tensor, hessian: bool = False) -> Tensor:
+        args = new_inputs if isinstance(new_inputs, tuple) else (new_inputs,)
+        captured: list[Tensor] = []
+
+        def keep(output: Tensor) -> Tensor:
+            captured.append(output.detach().requires_grad_(True))
+            return captured[-1].clone()
+
+        with layer_hook(layer, keep, call), torch.enable_grad():
+            scores = score_fn.score(model(*args), rows)
+            if not hessian:
+                return to_spatial(batched_grad(scores, captured[-1]))
+            pair = gradient_and_hessian_product(scores, captured[-1])
+            return torch.stack([to_spatial(part) for part in pair])
+
+    return gradients_at
 
 
 def rescorer_for_activations(
