@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import camkit
-from tests.test_gradient_methods import slow_activation_and_gradients
+from tests.methods.test_gradient import slow_activation_and_gradients
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
