@@ -23,18 +23,20 @@ from .batches import (
 from .hooks import (
     Capture,
     batched_grad,
+    batched_grads,
     borrowed,
     layer_hook,
     rescorer_for_activations,
     rescorer_for_inputs,
     run_forward,
+    run_forward_layers,
 )
 from .layer_pass import LayerPass
 from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
 
 __all__ = [
     "BATCH_OPTIONS", "DEFAULT_MAX_BATCH_MEMORY", "Batching", "Capture", "LayerPass", "LayerSpec",
-    "Reshape", "batched_grad", "borrowed", "choose_layer", "find_layer", "forward_bytes",
-    "input_scorer", "layer_hook", "module_name", "rescorer_for_activations",
-    "rescorer_for_inputs", "run_forward", "run_items", "to_spatial",
+    "Reshape", "batched_grad", "batched_grads", "borrowed", "choose_layer", "find_layer",
+    "forward_bytes", "input_scorer", "layer_hook", "module_name", "rescorer_for_activations",
+    "rescorer_for_inputs", "run_forward", "run_forward_layers", "run_items", "to_spatial",
 ]
