@@ -13,6 +13,7 @@ from typing import Any
 from camkit import api
 from camkit.cli.arguments import add_methods_argument, add_model_arguments, load_model, names
 from camkit.embedding import WeightBank
+from camkit.fusion import FUSIONS
 from camkit.memory import BiasReducingMemory
 from camkit.targets import class_index
 from camkit.viz.outputs import explain_images
@@ -32,6 +33,9 @@ def add_parser(subparsers: Any) -> None:
     ex.add_argument("--target", default="pred",
                     help="pred (the predicted class), a class index, or a class name")
     add_model_arguments(ex)
+    ex.add_argument("--fusion", default="mean", choices=FUSIONS,
+                    help="with several layers (--layer layer3,layer4): how their maps become "
+                         "one (mean of the normalised maps, or Layer-CAM's tanh-scaled maximum)")
     ex.add_argument("--out", default="runs/explain", help="output folder")
     ex.add_argument("--batch-size", type=int, default=8)
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map")
@@ -57,9 +61,12 @@ def run(args: argparse.Namespace) -> int:
         api.registry.get_method(m)
     target = parse_target(args.target, loaded.class_names)
     paths = [Path(p) for p in args.images]
+    layers = names(args.layer or "")
+    layer = layers if len(layers) > 1 else args.layer
+    options = trained_artifacts(args) | {"fusion": args.fusion}
     results, failed = explain_images(paths, loaded, methods, Path(args.out), target=target,
-                                     layer=args.layer, batch_size=args.batch_size,
-                                     alpha=args.alpha, options=trained_artifacts(args))
+                                     layer=layer, batch_size=args.batch_size,
+                                     alpha=args.alpha, options=options)
     for r in results:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.predictions)
         print(f"{r.path}: {best}\n  → {r.out_dir}")
