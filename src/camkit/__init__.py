@@ -5,6 +5,13 @@ from typing import TYPE_CHECKING, Any
 from . import batch, embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
 from .evaluate import Results, available_metrics, evaluate
+from .segmentation import SemanticSegmentationTarget
+from .targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputSigmoidTarget,
+    ClassifierOutputSoftmaxTarget,
+    RawScoresOutputTarget,
+)
 
 __version__ = "0.1.0"
 
@@ -27,9 +34,11 @@ MCAM = method_class("MCAM", "mcam")
 EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
-    "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "CAMMethod", "EigenCAM", "EigenGradCAM",
+    "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "BinaryClassifierOutputTarget", "CAMMethod",
+    "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "EigenCAM", "EigenGradCAM",
     "EmbeddingGradCAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
-    "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "Results", "ScoreCAM", "XGradCAM",
+    "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "RawScoresOutputTarget", "Results",
+    "ScoreCAM", "SemanticSegmentationTarget", "XGradCAM",
     "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
     "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
     "save_explanation", "targets",
