@@ -69,11 +69,11 @@ def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
     names = {m: n for n, m in model.named_modules()}
     last: list[str] = []
 
-    def record(module: nn.Module, _args: object, output: object) -> None:
-        if is_spatial(output):
+    def record(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if is_spatial(output) and _follows_an_input(output, (*args, *kwargs.values())):
             last.append(names[module])
 
-    handles = [m.register_forward_hook(record) for m in names if m is not model]
+    handles = [m.register_forward_hook(record, with_kwargs=True) for m in names if m is not model]
     try:
         with torch.no_grad():
             model(*(t[:1] for t in inputs))
@@ -87,6 +87,13 @@ def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
         )
     cached[key] = last[-1]
     return last[-1]
+
+
+def _follows_an_input(output: Any, args: tuple) -> bool:
+    """Whether the module was called on a tensor with the output's batch size: not a
+    parameter-only table such as a relative position bias ``(1, heads, N, N)``."""
+    return any(isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == output.shape[0]
+               for a in args)
 
 
 # Leading non-patch tokens: none, class, class + distillation (DeiT), 4 registers, class + 4.
