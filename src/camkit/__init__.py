@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import batch, embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
+from .detection import BoxScoreTarget
 from .evaluate import Results, available_metrics, evaluate
 from .segmentation import SemanticSegmentationTarget
 from .targets import (
@@ -34,8 +35,8 @@ MCAM = method_class("MCAM", "mcam")
 EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
-    "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "BinaryClassifierOutputTarget", "CAMMethod",
-    "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "EigenCAM", "EigenGradCAM",
+    "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "BinaryClassifierOutputTarget",
+    "BoxScoreTarget", "CAMMethod", "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "EigenCAM", "EigenGradCAM",
     "EmbeddingGradCAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
     "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "RawScoresOutputTarget", "Results",
     "ScoreCAM", "SemanticSegmentationTarget", "XGradCAM",

@@ -54,9 +54,13 @@ def output_tensor(outputs: Any) -> Tensor:
     elif isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
         logits = outputs[0]
     else:
+        detector = isinstance(outputs, list) and outputs and isinstance(outputs[0], dict)
+        hint = ("a detector's boxes are explained with targets=camkit.BoxScoreTarget(boxes, "
+                "labels)" if detector else "pass targets=f(outputs) returning (B,) or (B, K) "
+                "scores")
         raise TypeError(
             f"cannot find class scores in a model output of type {type(outputs).__name__}; "
-            "pass targets=f(outputs) returning (B,) or (B, K) scores"
+            f"{hint}"
         )
     return logits
 
