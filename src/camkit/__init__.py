@@ -36,7 +36,8 @@ EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
     "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "BinaryClassifierOutputTarget",
-    "BoxScoreTarget", "CAMMethod", "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "EigenCAM", "EigenGradCAM",
+    "BoxScoreTarget", "CAMMethod", "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget",
+    "EigenCAM", "EigenGradCAM",
     "EmbeddingGradCAM", "Explanation", "GradCAM", "GradCAMPlusPlus", "GuidedBackprop",
     "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "RawScoresOutputTarget", "Results",
     "ScoreCAM", "SemanticSegmentationTarget", "XGradCAM",
