@@ -43,10 +43,13 @@ def image() -> Tensor:
 
 
 def detected(model: nn.Module, x: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The first ``n`` detections with a positive area (random weights also give flat ones)."""
     with torch.no_grad():
         found = model(x)[0]
-    assert len(found["boxes"]) >= n
-    return found["boxes"][:n], found["labels"][:n]
+    boxes = found["boxes"]
+    keep = ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).nonzero()[:n, 0]
+    assert len(keep) == n
+    return boxes[keep], found["labels"][keep]
 
 
 def reference_gradcam(model: FasterRCNN, x: Tensor, box: Tensor, label: int) -> Tensor:
