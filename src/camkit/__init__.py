@@ -4,7 +4,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import batch, embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
+from .detection import BoxScoreTarget
 from .evaluate import EvaluationResults, available_metrics, evaluate
+from .segmentation import SemanticSegmentationTarget
+from .targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputSigmoidTarget,
+    ClassifierOutputSoftmaxTarget,
+    RawScoresOutputTarget,
+)
 
 __version__ = "0.1.0"
 
@@ -34,13 +42,15 @@ MCAM = method_class("MCAM", "mcam")
 EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
-    "AblationCAM", "CAM", "CAMMethod", "EigenCAM", "EigenGradCAM", "EmbeddingGradCAM",
-    "EvaluationResults", "Explanation", "FEM", "FullGrad", "GradCAM", "GradCAMElementWise",
-    "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM",
-    "LayerCAM", "MCAM", "Occlusion", "RISE", "SSCAM", "ScoreCAM", "ShapleyCAM",
-    "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods", "available_metrics", "batch",
-    "embedding", "evaluate", "explain", "explanation_to_html", "memory", "method_class", "methods",
-    "metrics", "report", "save_explanation", "targets",
+    "AblationCAM", "BinaryClassifierOutputTarget", "BoxScoreTarget", "CAM", "CAMMethod",
+    "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "EigenCAM", "EigenGradCAM",
+    "EmbeddingGradCAM", "EvaluationResults", "Explanation", "FEM", "FullGrad", "GradCAM",
+    "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM",
+    "KPCACAM", "LayerCAM", "MCAM", "Occlusion", "RISE", "RawScoresOutputTarget", "SSCAM",
+    "ScoreCAM", "SemanticSegmentationTarget", "ShapleyCAM", "SmoothGradCAMPlusPlus", "XGradCAM",
+    "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
+    "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
+    "save_explanation", "targets",
 ]
 
 _FROM_REPORT = ("explanation_to_html", "save_explanation")

@@ -17,7 +17,7 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -30,6 +30,12 @@ def logits_of(outputs: Any) -> Tensor:
     Accepts a tensor, a tuple/list (first element), a dict (``"logits"`` or its only tensor)
     and any object with a ``.logits`` attribute (Hugging Face ``ModelOutput``).
     """
+    return _two_dimensional(output_tensor(outputs))
+
+
+def output_tensor(outputs: Any) -> Tensor:
+    """The score tensor inside whatever the model returned, of any shape (see
+    :func:`logits_of`)."""
     if isinstance(outputs, Tensor):
         logits = outputs
     elif hasattr(outputs, "logits"):
@@ -48,10 +54,18 @@ def logits_of(outputs: Any) -> Tensor:
     elif isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
         logits = outputs[0]
     else:
+        detector = isinstance(outputs, list) and outputs and isinstance(outputs[0], dict)
+        hint = ("a detector's boxes are explained with targets=camkit.BoxScoreTarget(boxes, "
+                "labels)" if detector else "pass targets=f(outputs) returning (B,) or (B, K) "
+                "scores")
         raise TypeError(
             f"cannot find class scores in a model output of type {type(outputs).__name__}; "
-            "pass targets=f(outputs) returning (B,) or (B, K) scores"
+            f"{hint}"
         )
+    return logits
+
+
+def _two_dimensional(logits: Tensor) -> Tensor:
     if logits.dim() != 2:
         raise ValueError(
             f"class scores must be (B, n_classes), the model gave {tuple(logits.shape)}; "
@@ -74,6 +88,16 @@ class Target(ABC):
 
     def indices(self, outputs: Any) -> Tensor | None:
         return None
+
+    def bind(self, outputs: Any) -> Target:
+        """This target fixed against the unperturbed ``outputs`` (e.g. a predicted region),
+        so that scores of modified inputs keep measuring the same thing."""
+        return self
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        """For class targets: the ``(B, n)`` scores the classes are read from, given the
+        model's score tensor (the logits themselves by default)."""
+        return logits
 
 
 @dataclass
@@ -154,6 +178,64 @@ class Finer(Target):
         return ((probs * gap).sum(dim=1) / total)[:, None]
 
 
+ClassSpec = None | int | Sequence | Tensor  # the class forms of ``targets``
+
+
+@dataclass
+class ClassTarget(Target):
+    """Classes in any class form of ``targets`` (``None``: the predicted one), read from
+    :meth:`class_scores` of the model's score tensor instead of the logits themselves."""
+
+    classes: ClassSpec = None
+
+    def indices(self, outputs: Any) -> Tensor:
+        scores = _two_dimensional(self.class_scores(output_tensor(outputs)))
+        return cast(Tensor, resolve(self.classes, scores, scores.shape[0]).indices)
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        scores = _two_dimensional(self.class_scores(output_tensor(outputs)))
+        return scores.gather(1, self.indices(outputs))
+
+
+class ClassifierOutputSoftmaxTarget(ClassTarget):
+    """The softmax probability ``p_c = exp(z_c) / Σ_j exp(z_j)`` of each class, not its logit
+    ``z_c`` (its gradient also pushes the other classes down)."""
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        return logits.softmax(dim=1)
+
+
+class ClassifierOutputSigmoidTarget(ClassTarget):
+    """The sigmoid probability ``σ(z_c)`` of each class, for multi-label heads whose classes
+    are independent (give the ``(B, K)`` indices of the positive classes)."""
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        return logits.sigmoid()
+
+
+class BinaryClassifierOutputTarget(ClassTarget):
+    """A one-logit binary head (output ``z`` of shape ``(B,)`` or ``(B, 1)``): class 1 scores
+    ``z``, class 0 scores ``−z``; ``None`` picks the predicted class (1 where ``z > 0``)."""
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        z = logits.reshape(logits.shape[0], -1)
+        if z.shape[1] != 1:
+            raise ValueError(
+                f"a binary head has one logit per image, this model gives {z.shape[1]}; use "
+                "class indices (or ClassifierOutputSigmoidTarget for multi-label heads)"
+            )
+        return torch.cat([-z, z], dim=1)
+
+
+class RawScoresOutputTarget(Target):
+    """The model's output as it is, one map per output value: a regression head, a single
+    logit, an embedding (``(B,)``, ``(B, K)`` or any ``(B, ...)``, flattened)."""
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        scores = output_tensor(outputs)
+        return scores.reshape(scores.shape[0], -1)
+
+
 TargetSpec = None | int | Sequence | Tensor | Callable[[Any], Tensor] | Target
 # Target scores read from a model output: ``(outputs, rows) -> (n, K)``, where row ``i`` of the
 # output belongs to original image ``rows[i]`` (``rows=None``: the original batch).
@@ -171,6 +253,7 @@ class ScoreFn:
 
     indices: Tensor | None
     custom: Scores | None
+    view: Callable[[Tensor], Tensor] | None = None  # logits -> the scores classes index into
 
     @property
     def k(self) -> int | None:
@@ -181,7 +264,8 @@ class ScoreFn:
             return _as_bk(self.custom(outputs, rows), None)
         if self.indices is None:
             raise ValueError("a score function needs class indices or a custom score")
-        logits = logits_of(outputs)
+        logits = (logits_of(outputs) if self.view is None
+                  else _two_dimensional(self.view(output_tensor(outputs))))
         idx = self.indices if rows is None else self.indices[rows.to(self.indices.device)]
         return logits.gather(1, idx.to(logits.device))
 
@@ -201,10 +285,12 @@ def _as_bk(scores: Any, batch: int | None) -> Tensor:
 def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
     """Normalise ``targets`` for a batch of ``batch`` images whose model output is ``outputs``."""
     if isinstance(targets, Target):
-        indices = targets.indices(outputs)
+        bound = targets.bind(outputs)
+        indices = bound.indices(outputs)
         if indices is not None:
-            return ScoreFn(_checked(indices, outputs, batch), None)
-        return ScoreFn(None, targets.scores)
+            n_classes = _two_dimensional(bound.class_scores(output_tensor(outputs))).shape[1]
+            return ScoreFn(_checked(indices, n_classes, batch), None, bound.class_scores)
+        return ScoreFn(None, bound.scores)
     if callable(targets) and not isinstance(targets, Tensor):
         function = targets
         return ScoreFn(None, lambda outputs, rows: function(outputs))
@@ -227,7 +313,7 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
             )
         if indices.dim() == 1:
             indices = indices.unsqueeze(1)
-    return ScoreFn(_checked(indices.long(), logits, batch), None)
+    return ScoreFn(_checked(indices.long(), logits.shape[1], batch), None)
 
 
 def _holds_text(targets: Any) -> bool:
@@ -237,8 +323,7 @@ def _holds_text(targets: Any) -> bool:
     return isinstance(targets, (list, tuple)) and any(map(_holds_text, targets))
 
 
-def _checked(indices: Tensor, outputs: Any, batch: int) -> Tensor:
-    n_classes = logits_of(outputs).shape[1]
+def _checked(indices: Tensor, n_classes: int, batch: int) -> Tensor:
     if indices.dim() != 2 or indices.shape[0] != batch:
         raise ValueError(
             f"got targets of shape {tuple(indices.shape)} for a batch of {batch} images; give "

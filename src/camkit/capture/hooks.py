@@ -147,10 +147,20 @@ class Capture:
     """What one forward pass through the borrowed model captured."""
 
     outputs: Any
-    activation: Tensor  # raw layer output, as the layer produced it (at its last call)
+    activations: tuple[Tensor, ...]  # raw outputs of the layers, as produced (at each's last call)
     inputs: Inputs  # the inputs as run (requiring grad when input gradients are needed)
-    call: int  # which call of the layer was captured (0-based): a shared module's last
+    calls: tuple[int, ...]  # the captured call of each layer (0-based): a shared module's last
     guided: GuidedSwitch | None = None  # the switch of the pass's guided ReLUs (input_grad)
+
+    @property
+    def activation(self) -> Tensor:
+        """The (first) target layer's output."""
+        return self.activations[0]
+
+    @property
+    def call(self) -> int:
+        """The captured call of the (first) target layer."""
+        return self.calls[0]
 
 
 class LayerNotReachedError(ValueError):
@@ -166,32 +176,55 @@ def run_forward(
     layer_grad: bool,
     input_grad: bool,
 ) -> Capture:
-    """One forward pass that captures the target layer's output.
+    """One forward pass that captures the target layer's output (see :func:`run_forward_layers`)."""
+    return run_forward_layers(model, {layer_name: layer}, inputs,
+                              layer_grad=layer_grad, input_grad=input_grad)
 
-    With ``layer_grad`` the captured activation is a leaf of the autograd graph (nothing before
-    the layer is recorded); with ``input_grad`` the graph reaches back to the first input and
+
+def run_forward_layers(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    inputs: Inputs,
+    *,
+    layer_grad: bool,
+    input_grad: bool,
+) -> Capture:
+    """One forward pass that captures the outputs of several layers (``{name: module}``).
+
+    With ``layer_grad`` the first activation reached is a leaf of the autograd graph (nothing
+    before it is recorded) and later ones stay in the graph that grows from it, so one backward
+    pass reaches them all; with ``input_grad`` the graph reaches back to the first input and
     ReLUs become switchable guided ReLUs. Without either, no graph is built at all.
     """
-    captured: list[Tensor] = []
+    captured: dict[str, list[Tensor]] = {name: [] for name in layers}
 
-    def keep(output: Tensor) -> Tensor:
-        act = output if input_grad else output.detach().requires_grad_(layer_grad)
-        captured.append(act)
-        return act.clone()  # downstream in-place ops act on the copy, never on `act`
+    def keeper(name: str) -> Callable[[Tensor], Tensor]:
+        def keep(output: Tensor) -> Tensor:
+            first = not any(captured.values())
+            in_graph = input_grad or (output.requires_grad and not first)
+            act = output if in_graph else output.detach().requires_grad_(layer_grad)
+            captured[name].append(act)
+            return act.clone()  # downstream in-place ops act on the copy, never on `act`
+
+        return keep
 
     if input_grad:
         inputs = (inputs[0].detach().requires_grad_(True), *inputs[1:])
     switch = GuidedSwitch() if input_grad else None
     guided = _GuidedMode(switch) if switch else contextlib.nullcontext()
     grad_mode = torch.enable_grad() if (layer_grad or input_grad) else torch.no_grad()
-    with layer_hook(layer, keep), grad_mode, guided:
+    with contextlib.ExitStack() as hooks, grad_mode, guided:
+        for name, layer in layers.items():
+            hooks.enter_context(layer_hook(layer, keeper(name)))
         outputs = model(*inputs)
-    if not captured:
+    missed = [name for name, acts in captured.items() if not acts]
+    if missed:
         raise LayerNotReachedError(
-            f"the layer {layer_name!r} was not reached during the forward pass; choose a layer "
+            f"the layer {missed[0]!r} was not reached during the forward pass; choose a layer "
             "that the model's forward() actually calls"
         )
-    return Capture(outputs, captured[-1], inputs, len(captured) - 1, switch)
+    return Capture(outputs, tuple(acts[-1] for acts in captured.values()), inputs,
+                   tuple(len(acts) - 1 for acts in captured.values()), switch)
 
 
 def batched_grad(scores: Tensor, wrt: Tensor, guided: GuidedSwitch | None = None) -> Tensor:
@@ -199,25 +232,31 @@ def batched_grad(scores: Tensor, wrt: Tensor, guided: GuidedSwitch | None = None
     as ``(B, K, ...)``, from one batched backward pass (samples are independent, so the
     gradient of a column's sum gives each sample's own gradient). ``guided``: the pass's
     switch (:attr:`Capture.guided`), on for this backward pass (guided backpropagation)."""
+    return batched_grads(scores, (wrt,), guided)[0]
+
+
+def batched_grads(
+    scores: Tensor, wrt: tuple[Tensor, ...], guided: GuidedSwitch | None = None
+) -> tuple[Tensor, ...]:
+    """:func:`batched_grad` with respect to several tensors at once (one backward pass)."""
     k = scores.shape[1]
     if guided is not None:
         guided.on = True
     try:
         if k == 1:
-            (grad,) = torch.autograd.grad(scores.sum(), wrt, retain_graph=True)
-            return grad.unsqueeze(1)
+            grads = torch.autograd.grad(scores.sum(), wrt, retain_graph=True)
+            return tuple(g.unsqueeze(1) for g in grads)
         one_hot = torch.eye(k, dtype=scores.dtype, device=scores.device)
         grad_outputs = one_hot[:, None, :].expand(k, scores.shape[0], k)
         try:
-            (grad,) = torch.autograd.grad(
+            grads = torch.autograd.grad(
                 scores, wrt, grad_outputs=grad_outputs, retain_graph=True, is_grads_batched=True
             )
         except RuntimeError:  # an op without a batching rule: one backward per target
-            grad = torch.stack([
-                torch.autograd.grad(scores[:, j].sum(), wrt, retain_graph=True)[0]
-                for j in range(k)
-            ])
-        return grad.transpose(0, 1)
+            per_target = [torch.autograd.grad(scores[:, j].sum(), wrt, retain_graph=True)
+                          for j in range(k)]
+            grads = tuple(torch.stack(g) for g in zip(*per_target, strict=True))
+        return tuple(g.transpose(0, 1) for g in grads)
     finally:
         if guided is not None:
             guided.on = False

@@ -70,14 +70,14 @@ def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
     last: list[str] = []
     tokens_after: list[str] = []  # token-output modules after the last spatial one
 
-    def record(module: nn.Module, _args: object, output: object) -> None:
-        if is_spatial(output):
+    def record(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        if is_spatial(output) and _follows_an_input(output, (*args, *kwargs.values())):
             last.append(names[module])
             tokens_after.clear()
         elif is_token_grid(output):
             tokens_after.append(names[module])
 
-    handles = [m.register_forward_hook(record) for m in names if m is not model]
+    handles = [m.register_forward_hook(record, with_kwargs=True) for m in names if m is not model]
     try:
         with torch.no_grad():
             model(*(t[:1] for t in inputs))
@@ -108,6 +108,13 @@ def is_token_grid(t: object) -> bool:
     n = t.shape[1]
     return any(n > extra and math.isqrt(n - extra) ** 2 == n - extra and n - extra > 1
                for extra in EXTRA_TOKENS)
+
+
+def _follows_an_input(output: Any, args: tuple) -> bool:
+    """Whether the module was called on a tensor with the output's batch size: not a
+    parameter-only table such as a relative position bias ``(1, heads, N, N)``."""
+    return any(isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == output.shape[0]
+               for a in args)
 
 
 # Leading non-patch tokens: none, class, class + distillation (DeiT), 4 registers, class + 4.

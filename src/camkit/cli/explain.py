@@ -29,6 +29,7 @@ from camkit.cli.arguments import (
 from camkit.cli.arguments import device as device_argument
 from camkit.data.specs import folder_images, list_images, parse_spec
 from camkit.embedding import WeightBank
+from camkit.fusion import FUSIONS
 from camkit.memory import BiasReducingMemory
 from camkit.targets import class_index
 from camkit.viz.outputs import explain_images
@@ -62,6 +63,9 @@ def add_parser(subparsers: Any) -> None:
     ex.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                     help="a method option (repeatable), e.g. max_channels=64 or n_samples=8; "
                          "VALUE is read as JSON when it parses")
+    ex.add_argument("--fusion", default="mean", choices=FUSIONS,
+                    help="with several layers (--layer layer3,layer4): how their maps become "
+                         "one (mean of the normalised maps, or Layer-CAM's tanh-scaled maximum)")
     ex.add_argument("--out", default="runs/explain", help="output folder")
     ex.add_argument("--batch-size", type=positive_int, default=8)
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map")
@@ -93,9 +97,11 @@ def run(args: argparse.Namespace) -> int:
     network.model.to(device)
     loaded, layer = with_memory(network, artifacts.get("memory"), args.layer)
     target = parse_target(args.target, loaded.class_names)
-    results, failed = explain_images(paths, loaded, methods, out, target=target, layer=layer,
+    several = names(layer) if isinstance(layer, str) else []
+    results, failed = explain_images(paths, loaded, methods, out, target=target,
+                                     layer=several if len(several) > 1 else layer,
                                      batch_size=args.batch_size, alpha=args.alpha,
-                                     options=options | artifacts)
+                                     options=options | artifacts | {"fusion": args.fusion})
     for r in results:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.predictions)
         print(f"{r.path}: {best}\n  → {r.out_dir}")

@@ -39,7 +39,7 @@ def explain_images(
     out: Path,
     *,
     target: int | None = None,
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     batch_size: int = 8,
     alpha: float = 0.5,
     top: int = 5,
