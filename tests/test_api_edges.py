@@ -23,15 +23,20 @@ def test_text_targets_point_to_class_index(targets):
         camkit.explain(TinyCNN(), torch.rand(2, 3, 8, 8), targets, layer="features")
 
 
-def test_the_automatic_layer_of_a_vit_is_not_its_patch_embedding():
+def test_the_automatic_layer_of_a_vit_is_its_last_block_input():
+    """Not the patch embedding (the last spatial output), nor the final norm (whose patch
+    tokens get no gradient through the class token): the last block's first norm."""
+    torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2,
                                                num_heads=2, hidden_dim=16, mlp_dim=32,
                                                num_classes=3)
+    torch.nn.init.normal_(vit.heads.head.weight)
     x = torch.rand(1, 3, 32, 32)
-    with pytest.raises(ValueError, match="encoder.layers.-1.ln_1"):
-        camkit.explain(vit, x)
-    expl = camkit.explain(vit, x, layer="encoder.layers.-1.ln_1")
-    assert expl["gradcam"].shape == (1, 1, 32, 32)
+    auto = camkit.explain(vit, x)
+    assert auto.layer == "encoder.layers.encoder_layer_1.ln_1"
+    explicit = camkit.explain(vit, x, layer="encoder.layers.-1.ln_1")
+    torch.testing.assert_close(auto["gradcam"], explicit["gradcam"])
+    assert auto.raw["gradcam"].abs().sum() > 0
 
 
 def test_training_mode_leaves_batchnorm_statistics_alone():
