@@ -1,8 +1,9 @@
 """camkit: class activation maps for PyTorch image models."""
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import batch, embedding, memory, methods, metrics, targets
+from . import embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
 from .detection import BoxScoreTarget
 from .evaluate import EvaluationResults, available_metrics, evaluate
@@ -53,18 +54,24 @@ __all__ = [
     "save_explanation", "targets",
 ]
 
-_FROM_REPORT = ("explanation_to_html", "save_explanation")
+# Applications, imported on first use: `import camkit` loads no HTML report and no job runner.
+_LAZY = {
+    "batch": ("camkit.batch", None),
+    "report": ("camkit.viz.report", None),
+    "explanation_to_html": ("camkit.viz.report", "explanation_to_html"),
+    "save_explanation": ("camkit.viz.report", "save_explanation"),
+}
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from . import batch
     from .viz import report
     from .viz.report import explanation_to_html, save_explanation
 else:
 
     def __getattr__(name: str) -> Any:
-        """``camkit.report`` and its functions, imported on first use: ``import camkit``
-        loads no HTML."""
-        if name == "report" or name in _FROM_REPORT:
-            from .viz import report
-
-            return report if name == "report" else getattr(report, name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        """The names of :data:`_LAZY`, imported on first use."""
+        if name not in _LAZY:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        module_name, attribute = _LAZY[name]
+        module = importlib.import_module(module_name)
+        return module if attribute is None else getattr(module, attribute)
