@@ -305,3 +305,14 @@ def test_parse_options() -> None:
 def test_open_results_of_a_folder_without_results(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no camkit results in"):
         open_results(tmp_path)
+
+
+def test_the_default_shard_keeps_the_work_of_a_short_job(tmp_path: Path) -> None:
+    from camkit.batch.runner import default_shard_size
+
+    assert default_shard_size(200, 8) == 10 and default_shard_size(10, 8) == 8
+    assert default_shard_size(10**6, 32) == 1000
+    make_images(tmp_path / "images", 6)
+    results = run_job(f"folder:{tmp_path / 'images'}", tmp_path / "out", shard_size=None,
+                      batch_size=1, map_size=14)
+    assert len(results.manifest["shards"]) == 6  # a kill loses at most one image's work

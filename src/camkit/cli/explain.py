@@ -32,7 +32,7 @@ from camkit.embedding import WeightBank
 from camkit.fusion import FUSIONS
 from camkit.memory import BiasReducingMemory
 from camkit.targets import class_index
-from camkit.viz.outputs import explain_images
+from camkit.viz.outputs import ExplainedImage, explain_images
 from camkit.viz.report import report_from_results
 from camkit.zoo import LoadedModel
 
@@ -106,15 +106,20 @@ def run(args: argparse.Namespace) -> int:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.predictions)
         print(f"{r.path}: {best}\n  → {r.out_dir}")
     if args.report:
-        report = report_from_results(
-            results, args.report, model=args.arch, layer=layer, methods=methods,
-            options={"target": args.target, "weights": args.weights or "packaged",
-                     "alpha": args.alpha, **options},
-            command=shlex.join(["camkit", *args.argv]), alpha=args.alpha)
-        print(f"report → {report}")
+        print(f"report → {write_report(args, results, layer, methods, options)}")
     for path, reason in failed:
         print(f"camkit: skipped {path}: {reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def write_report(args: argparse.Namespace, results: list[ExplainedImage], layer: str,
+                 methods: list[str], options: dict[str, Any]) -> Path:
+    """The ``--report`` HTML file of the run, with the settings that reproduce it."""
+    return report_from_results(
+        results, args.report, model=args.arch, layer=layer, methods=methods,
+        options={"target": args.target, "weights": args.weights or "packaged",
+                 "alpha": args.alpha, **options},
+        command=shlex.join(["camkit", *args.argv]), alpha=args.alpha)
 
 
 def image_paths(items: Sequence[str]) -> list[Path]:
