@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from camkit import api
-from camkit.capture import find_layer, layer_hook
 from camkit.cli.arguments import (
     add_methods_argument,
     add_model_arguments,
@@ -31,6 +29,7 @@ from camkit.data.specs import folder_images, list_images, parse_spec
 from camkit.embedding import WeightBank
 from camkit.fusion import FUSIONS
 from camkit.memory import BiasReducingMemory
+from camkit.memory.network import MemoryNetwork
 from camkit.targets import class_index
 from camkit.viz.outputs import ExplainedImage, explain_images
 from camkit.viz.report import report_from_results
@@ -175,35 +174,6 @@ def with_memory(loaded: LoadedModel, memory: BiasReducingMemory | None,
     network = MemoryNetwork(loaded.model, layer, memory)
     return replace(loaded, model=network, class_names=list(memory.class_names),
                    layer=f"network.{layer}"), f"network.{layer}"
-
-
-class _Stop(Exception):
-    """Raised after the memory's layer: the rest of the network is not needed."""
-
-
-class MemoryNetwork(nn.Module):
-    """``network`` up to ``layer``, then ``memory``'s head: ``(B, 3, H, W)`` images →
-    ``(B, n_cls)`` logits of the memory's classifier (differentiable in the layer's
-    features, so gradient methods explain the same classes as M-CAM)."""
-
-    def __init__(self, network: nn.Module, layer: str, memory: BiasReducingMemory) -> None:
-        super().__init__()
-        self.network, self.memory = network, memory
-        self.layer = find_layer(network, layer)
-
-    def forward(self, images: Tensor) -> Tensor:
-        captured: list[Tensor] = []
-
-        def keep_and_stop(output: Tensor) -> Tensor:
-            captured.append(output)
-            raise _Stop
-
-        try:
-            with layer_hook(self.layer, keep_and_stop):
-                self.network(images)
-        except _Stop:
-            pass
-        return self.memory(captured[0])
 
 
 def run_methods(_args: argparse.Namespace) -> int:
