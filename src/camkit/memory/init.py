@@ -1,0 +1,94 @@
+"""Where the memory starts: ``"random"`` (the §1.7 N(0, 1) start) or ``"templates"`` (from the
+training features). The seed is silent on initialisation; this is camkit's choice (OP-11).
+
+Why not random: Adam moves each parameter by about ``lr`` per step whatever its scale, so
+``S, K ~ N(0, 1)`` with ``lr = 1e-3`` barely leave their start in a few hundred steps (issue
+14 measured S at cosine 0.96 with its start and one slot taking 2,398 of 2,400 images).
+
+``"templates"`` gives slot ``n`` to class ``k = n mod n_cls`` from the first step:
+
+- ``S_n = T_k``, the class template of a ridge least-squares fit of the features on the labels,
+  ``vec f ≈ Σ_k y_k T_k + b`` (the intercept ``b``, shared by every image, is left out so that
+  the cosine of ``p_s`` compares what differs between classes). A fit, not a class mean: the
+  mean of images showing class k also holds its co-occurring partner, the fit separates the
+  two wherever either ever appears without the other.
+- ``K_n`` = the spatial mean of ``T_k`` (the query of that template);
+- ``V_n`` = ``G(e_k)``, the encoder's output for class k alone, scaled to the mean query norm,
+  so that p' addresses slot k for class k and the read value weighs as much as ``q`` in
+  ``fc(cat(v, q))`` (at ``V ~ N(0, 0.02²)`` the classifier learns to ignore ``v``).
+
+Slots beyond the first ``n_cls`` repeat the classes with a relative jitter of
+:data:`JITTER` (different draws), so each class has ``N / n_cls`` similar slots to refine.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .features import FeatureSource
+from .module import BiasReducingMemory
+
+Init = Literal["random", "templates"]
+INITS = ("random", "templates")
+FIT_SAMPLES = 4096  # images used by the template fit
+RIDGE = 1e-3  # ridge of the fit, relative to the number of images
+JITTER = 0.1  # relative std of the jitter of repeated slots
+
+
+def class_templates(features: Tensor, labels: Tensor) -> Tensor:
+    """Ridge least squares ``vec f ≈ [y, 1] W``: ``(n, D)``, ``(n, n_cls)`` → the class rows
+    ``T`` of ``W``, ``(n_cls, D)`` (the intercept row dropped)."""
+    design = torch.cat([labels, torch.ones_like(labels[:, :1])], dim=1).double()
+    gram = design.T @ design + RIDGE * len(design) * torch.eye(design.shape[1]).to(design)
+    weights = torch.linalg.solve(gram, design.T @ features.double())
+    return weights[:-1].to(features.dtype)
+
+
+def _sample(source: FeatureSource, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The first :data:`FIT_SAMPLES` features ``(n, c, h, w)`` and labels of ``source``."""
+    rows = torch.arange(min(len(source), FIT_SAMPLES)).split(batch_size)
+    features, labels = zip(*source.iterate(list(rows)), strict=True)
+    return torch.cat(features).float(), torch.cat(labels).float()
+
+
+def _repeat(rows: Tensor, slots: int, generator: torch.Generator) -> Tensor:
+    """``rows`` ``(n_cls, ...)`` repeated to ``(slots, ...)``, slot ``n`` from row
+    ``n mod n_cls``; the repeats beyond the first get a relative Gaussian jitter."""
+    index = torch.arange(slots) % len(rows)
+    out = rows[index].clone()
+    extra = out[len(rows):]
+    scale = JITTER * rows.flatten(1).std(dim=1)[index[len(rows):]]
+    noise = torch.randn(extra.shape, generator=generator).to(out)
+    extra += noise * scale.view(-1, *[1] * (extra.dim() - 1)).to(out)
+    return out
+
+
+@torch.no_grad()
+def init_from_templates(memory: BiasReducingMemory, source: FeatureSource, batch_size: int,
+                        seed: int) -> None:
+    """Set S, K, V of ``memory`` as the module docstring says, from ``source``'s features."""
+    features, labels = _sample(source, batch_size)
+    templates = class_templates(features.flatten(1), labels).view(-1, *features.shape[1:])
+    generator = torch.Generator().manual_seed(seed)
+    spatial = _repeat(templates, memory.num_slots, generator)
+    device = memory.keys.device
+    memory.spatial.copy_(spatial.to(device))
+    memory.keys.copy_(spatial.mean(dim=(2, 3)).to(device))
+    eye = torch.eye(memory.num_classes, device=device)
+    codes = memory.encoder(eye).cpu()
+    codes = codes / codes.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    query_norm = features.mean(dim=(2, 3)).norm(dim=1).mean()
+    memory.values.copy_((_repeat(codes, memory.num_slots, generator) * query_norm).to(device))
+
+
+def initialise(memory: BiasReducingMemory, init: Init, source: FeatureSource, batch_size: int,
+               seed: int) -> None:
+    """Apply ``init`` to a freshly constructed ``memory`` (``"random"`` keeps its start)."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "templates":
+        init_from_templates(memory, source, batch_size, seed)
+
