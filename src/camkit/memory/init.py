@@ -13,8 +13,9 @@ Why not random: Adam moves each parameter by about ``lr`` per step whatever its 
   mean of images showing class k also holds its co-occurring partner, the fit separates the
   two wherever either ever appears without the other.
 - ``K_n`` = the spatial mean of ``T_k`` (the query of that template);
-- ``V_n`` = ``G(e_k)``, the encoder's output for class k alone, scaled to the mean query norm,
-  so that p' addresses slot k for class k and the read value weighs as much as ``q`` in
+- ``V_n`` = ``G(e_k) − mean_j G(e_j)``, the encoder's output for class k alone (centred over
+  the classes: raw outputs of a random ReLU MLP are strongly correlated), scaled to the mean
+  query norm, so that p' addresses slot k for class k and the read value weighs as much as ``q`` in
   ``fc(cat(v, q))`` (at ``V ~ N(0, 0.02²)`` the classifier learns to ignore ``v``).
 
 Slots beyond the first ``n_cls`` repeat the classes with a relative jitter of
@@ -79,9 +80,11 @@ def init_from_templates(memory: BiasReducingMemory, source: FeatureSource, batch
     memory.keys.copy_(spatial.mean(dim=(2, 3)).to(device))
     eye = torch.eye(memory.num_classes, device=device)
     codes = memory.encoder(eye).cpu()
+    codes = codes - codes.mean(dim=0, keepdim=True)
     codes = codes / codes.norm(dim=1, keepdim=True).clamp_min(1e-12)
     query_norm = features.mean(dim=(2, 3)).norm(dim=1).mean()
-    memory.values.copy_((_repeat(codes, memory.num_slots, generator) * query_norm).to(device))
+    values = _repeat(codes, memory.num_slots, generator) * query_norm
+    memory.values.copy_(values.to(device))
 
 
 def initialise(memory: BiasReducingMemory, init: Init, source: FeatureSource, batch_size: int,

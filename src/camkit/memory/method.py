@@ -1,9 +1,11 @@
 """M-CAM (Kim & Ro, BMVC 2021) as a registered method: the maps come from a trained
 :class:`~camkit.memory.BiasReducingMemory` instead of gradients (ALGORITHMS §1.4-§1.6).
 
-Options: ``memory`` (required), ``sharpness`` and ``base`` (see
-:func:`camkit.memory.mcam_raw_maps`; the defaults ``1`` and ``"none"`` are the seed's
-``w_i = exp(τ_i)``). ``base="gradcam"`` runs one backward pass through the network's tail.
+Options: ``memory`` (required), ``sharpness`` and ``base`` (``"none"``, ``"slot"`` or
+``"classifier"``; see :func:`camkit.memory.mcam_raw_maps`; the defaults ``1`` and ``"none"``
+are the seed's ``w_i = exp(τ_i)``). ``mcam-gradcam`` is M-CAM with OP-4's Grad-CAM base
+``α_i · exp(s · τ_i)``, a method of its own because it needs the engine's backward pass, which
+plain ``mcam`` never pays for.
 """
 
 from __future__ import annotations
@@ -14,24 +16,9 @@ import torch
 from torch import Tensor
 
 from ..capture import LayerPass
-from ..methods.registry import Method, register
+from ..methods.registry import GRADIENTS, Method, register
 from .explain import mcam_raw_maps
 from .module import BiasReducingMemory
-
-
-def gradcam_weights(layer_pass: LayerPass) -> Tensor:
-    """Grad-CAM's channel weights ``mean_{h,w} ∂s/∂A`` ``(B, K, C)``: from the pass's
-    gradients when another method asked for them, else by one backward pass of
-    ``rescore_activations``."""
-    if layer_pass.gradients is not None:
-        return layer_pass.gradients.mean(dim=(-2, -1))
-    activations = layer_pass.activations.detach().requires_grad_(True)
-    rows = torch.arange(len(activations), device=activations.device)
-    with torch.enable_grad():
-        scores = layer_pass.rescore_activations(activations, rows)  # (B, K)
-        columns = [torch.autograd.grad(scores[:, k].sum(), activations, retain_graph=True)[0]
-                   for k in range(scores.shape[1])]
-    return torch.stack(columns, dim=1).mean(dim=(-2, -1))
 
 
 def _check_memory(memory: BiasReducingMemory | None, layer_pass: LayerPass) -> None:
@@ -49,14 +36,31 @@ def _check_memory(memory: BiasReducingMemory | None, layer_pass: LayerPass) -> N
 
 def _compute(layer_pass: LayerPass, memory: BiasReducingMemory | None = None,
              sharpness: float = 1.0, base: str = "none") -> Tensor:
+    if base == "gradcam":
+        raise ValueError("mcam's base='gradcam' needs gradients: use the method 'mcam-gradcam'")
+    return _maps(layer_pass, memory, sharpness, base, "mcam")
+
+
+def _compute_gradcam(layer_pass: LayerPass, memory: BiasReducingMemory | None = None,
+                     sharpness: float = 1.0) -> Tensor:
+    """``mcam-gradcam``: M-CAM weights times Grad-CAM's ``α = mean_{h,w} ∂s/∂A``."""
+    return _maps(layer_pass, memory, sharpness, "gradcam", "mcam-gradcam")
+
+
+def _maps(layer_pass: LayerPass, memory: BiasReducingMemory | None, sharpness: float,
+          base: str, name: str) -> Tensor:
     """Raw M-CAM maps ``(B, K, h, w)`` for the pass's class targets; the slot search uses
-    ``layer_pass.generator`` (seeded by ``explain(seed=...)``). Slots, ``found`` flags,
-    weights, sharpness and base go to ``layer_pass.notes["mcam"]`` (``expl.details``); maps
-    whose slot search lowered no score are flagged there and warned about."""
+    ``layer_pass.generator`` (seeded by ``explain(seed=...)``). Slots, ``found`` flags (and
+    ``not_found``, their count of False), weights, sharpness and base go to
+    ``layer_pass.notes[name]`` (``expl.details``); maps whose slot search lowered no score are
+    flagged there and warned about."""
     _check_memory(memory, layer_pass)
     assert memory is not None and layer_pass.target_indices is not None
     generator = layer_pass.generator or torch.Generator().manual_seed(0)
-    gradients = gradcam_weights(layer_pass) if base == "gradcam" else None
+    gradients = None
+    if base == "gradcam":
+        assert layer_pass.gradients is not None
+        gradients = layer_pass.gradients.mean(dim=(-2, -1))
     maps, info = mcam_raw_maps(memory, layer_pass.activations, layer_pass.target_indices,
                                generator, sharpness=sharpness, base=base,
                                gradient_weights=gradients)
@@ -65,9 +69,9 @@ def _compute(layer_pass: LayerPass, memory: BiasReducingMemory | None = None,
     if missed:
         warnings.warn(f"M-CAM: for {missed} of {info['found'].numel()} (image, class) pairs no "
                       "memory slot lowers the class score; those maps use the slot of largest "
-                      "drop anyway (expl.details['mcam']['found'] is False for them)",
+                      f"drop anyway (expl.details[{name!r}]['found'] is False for them)",
                       RuntimeWarning, stacklevel=2)
-    layer_pass.notes["mcam"] = info
+    layer_pass.notes[name] = info
     return maps
 
 
@@ -76,4 +80,10 @@ register(Method(
     "memory=; options sharpness=, base=)",
     "Kim & Ro, M-CAM: Visual Explanation of Challenging Conditioned Dataset with "
     "Bias-reducing Memory, BMVC 2021", _compute, options=("memory", "sharpness", "base"),
+))
+register(Method(
+    "mcam-gradcam", "M-CAM weights exp(sharpness·τ) times Grad-CAM's channel weights (OP-4 base; "
+    "needs memory=)",
+    "Kim & Ro, BMVC 2021 (OP-4 reading); Selvaraju et al., ICCV 2017", _compute_gradcam,
+    needs=frozenset({GRADIENTS}), options=("memory", "sharpness"),
 ))
