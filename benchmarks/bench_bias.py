@@ -41,15 +41,25 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from bias_controls import (
+    CONTROLS,
+    MCAM_CONFIGS,
+    bias_check,
+    bias_line,
+    correlation_line,
+    diagnostics_lines,
+    goal_rows,
+    ideal_memory,
+    map_correlation,
+    method_options,
+    register_controls,
+)
 from camkit.data.mosaic import ImageNetGrid, MosaicMultiLabel, fashion_pool
 from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.evaluate import METRICS, Results, data_from_spec, evaluate
 from camkit.memory import layer_features, mean_average_precision, train_memory
 from camkit.memory.diagnostics import summary_lines
 from camkit.zoo import imagenet_classes, load_model
-from bias_controls import (CONTROLS, MCAM_CONFIGS, bias_check, bias_line, correlation_line,
-                           diagnostics_lines, goal_rows, ideal_memory, map_correlation,
-                           method_options, register_controls)
 from common import THREADS, machine, update_marked_section
 
 CLASSIC = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam",

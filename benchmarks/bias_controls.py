@@ -7,8 +7,9 @@ metrics as every other method:
 - ``mcam-ideal`` / ``mcam-ideal-s30``: M-CAM with an ideal memory (S = the class templates of
   `camkit.memory.init.class_templates`, one slot per class, the target's own slot forced),
   seed weights ``exp(τ)`` / sharpened ``exp(30 τ)``;
-- ``mcam-s10``, ``mcam-s30``, ``mcam-slot``, ``mcam-classifier``: the trained memory with the
-  `mcam` options of :data:`VARIANTS` (``mcam`` itself and ``mcam-gradcam`` are the library's).
+- ``mcam-s10``, ``mcam-s30``, ``mcam-s100``, ``mcam-slot``, ``mcam-classifier``: the trained
+  memory with the `mcam` options of :data:`VARIANTS` (``mcam`` and ``mcam-gradcam`` are the
+  library's own).
 
 Also the bias check (the CNN's score for a class on images showing only its partner against
 images showing neither), the correlation of two classes' maps on the same image, and the goal
@@ -34,11 +35,12 @@ from camkit.memory import BiasReducingMemory, channel_similarity, channel_weight
 from camkit.memory.features import CachedFeatures
 from camkit.memory.init import init_from_templates
 from camkit.memory.method import _compute as mcam_compute
-from camkit.metrics.stats import summarize
 from camkit.methods.registry import Method, available_methods, register
+from camkit.metrics.stats import summarize
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "mcam-s10": {"sharpness": 10.0}, "mcam-s30": {"sharpness": 30.0},
+    "mcam-s100": {"sharpness": 100.0},
     "mcam-slot": {"base": "slot"}, "mcam-classifier": {"base": "classifier"},
 }
 MCAM_CONFIGS = ("mcam", *VARIANTS, "mcam-gradcam")  # mcam and mcam-gradcam: the library's
@@ -159,8 +161,10 @@ def _seed_mean(values: Sequence[float]) -> str:
 
 def bias_line(runs: Sequence[Mapping[str, Any]], partners: Mapping[int, int]) -> str:
     """The bias check, mean over seeds: per paired class, partner-only vs neither."""
-    cells = [f"class {a} (partner {b}): {_seed_mean([r['bias'][f'partner_only_{a}'] for r in runs])}"
-             f" vs {_seed_mean([r['bias'][f'neither_{a}'] for r in runs])}"
+    def mean(key: str) -> str:
+        return _seed_mean([run["bias"][key] for run in runs])
+
+    cells = [f"class {a} (partner {b}): {mean(f'partner_only_{a}')} vs {mean(f'neither_{a}')}"
              for a, b in partners.items()]
     return ("Bias check, the CNN's mean sigmoid score for a class on test images showing its "
             "partner but not the class vs images showing neither (mean over seeds): "

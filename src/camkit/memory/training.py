@@ -21,6 +21,8 @@ from torch import Tensor, nn
 
 from ..capture.features import layer_features
 from ..progress import Progress
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .diagnostics import address_entropy, collapse_reasons, memory_diagnostics, slot_usage
 from .features import (
     CacheMode,
     FeatureFn,
@@ -28,8 +30,6 @@ from .features import (
     LiveFeatures,
     extract_features,
 )
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from .diagnostics import address_entropy, collapse_reasons, memory_diagnostics, slot_usage
 from .init import Init, initialise
 from .losses import loss_terms
 from .module import BiasReducingMemory, TrainingAddresses
