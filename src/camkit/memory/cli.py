@@ -11,7 +11,9 @@ import sys
 from typing import Any
 
 from ..data.multilabel import dataset_from_spec
-from .training import train_memory
+from .diagnostics import summary_lines
+from .init import INITS
+from .training import DEFAULT_TEMPERATURE, train_memory
 
 DATA_SPEC_HELP = ("coco:ANNOTATIONS.json:IMAGE_DIR, csv:FILE.csv:IMAGE_DIR (NIH style, labels "
                   "joined by |), vindr:FILE.csv:IMAGE_DIR, folders:DIR (one folder per class) "
@@ -36,8 +38,15 @@ def add_train_memory_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--addr-temperature", type=float, default=1.0,
-                   help="address softmax temperature (1 = the paper's)")
+    p.add_argument("--addr-temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"address softmax temperature (default {DEFAULT_TEMPERATURE}; 1 = the "
+                        "paper's, under which slots hardly specialise)")
+    p.add_argument("--init", choices=INITS, default="templates",
+                   help="where S, K, V start: class templates of the features (default) or "
+                        "the random N(0, 1) start")
+    p.add_argument("--patience", type=int,
+                   help="with --val-data: stop after this many epochs without a better "
+                        "validation mAP and keep the best epoch")
     p.add_argument("--checkpoint-dir", help="write a checkpoint here after every epoch")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--cache", choices=("auto", "memory", "disk", "none"), default="auto",
@@ -73,7 +82,8 @@ def run_train_memory(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume, val_data=val,
         progress=not args.quiet, cache=None if args.cache == "none" else args.cache,
-        addr_temperature=args.addr_temperature, class_names=class_names, device=device,
+        addr_temperature=args.addr_temperature, init=args.init, patience=args.patience,
+        class_names=class_names, device=device,
         num_workers=args.num_workers, cache_dir=args.cache_dir,
     )
     path = memory.save(args.out)
@@ -83,4 +93,6 @@ def run_train_memory(args: argparse.Namespace) -> int:
     print(f"saved {path}: {memory.num_slots} slots on layer {layer!r} "
           f"{tuple(memory.spatial.shape[1:])}{val_map}; {skipped} image(s) skipped",
           file=sys.stderr)
+    for line in summary_lines(memory.metrics["diagnostics"]):
+        print(f"  {line}", file=sys.stderr)
     return 0

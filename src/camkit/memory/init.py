@@ -36,6 +36,7 @@ Init = Literal["random", "templates"]
 INITS = ("random", "templates")
 FIT_SAMPLES = 4096  # images used by the template fit
 RIDGE = 1e-3  # ridge of the fit, relative to the number of images
+READ_GAIN = 8.0  # logit that a full address on a class's slot adds to that class at the start
 JITTER = 0.1  # relative std of the jitter of repeated slots
 
 
@@ -85,6 +86,7 @@ def init_from_templates(memory: BiasReducingMemory, source: FeatureSource, batch
     query_norm = features.mean(dim=(2, 3)).norm(dim=1).mean()
     values = _repeat(codes, memory.num_slots, generator) * query_norm
     memory.values.copy_(values.to(device))
+    memory.fc.weight[:, :memory.channels] = (READ_GAIN * codes / query_norm).to(device)
 
 
 def initialise(memory: BiasReducingMemory, init: Init, source: FeatureSource, batch_size: int,
