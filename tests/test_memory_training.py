@@ -158,7 +158,8 @@ def test_layer_features_leaves_the_model_as_it_was() -> None:
 
 def quality_run(temperature: float) -> tuple[BiasReducingMemory, dict[str, float],
                                               dict[str, float], dict[str, float]]:
-    """Train, from the random start (init="random"), on 256 synthetic 64×64 images of 4 shape classes with the features of a small
+    """Train, from the random start (``init="random"``, the behaviour these measurements
+    describe), on 256 synthetic 64×64 images of 4 shape classes with the features of a small
     CNN (:func:`trained_shape_net`, 32×8×8 at "features"), 30 epochs of 16 batches, lr 1e-2
     (the few steps of a test need more than the default 1e-3). Returns the memory and the
     loss terms on the training set of: the initial memory, the trained one, and the trained
