@@ -219,3 +219,16 @@ def test_trained_spatial_dictionary_and_keys_follow_the_value_addresses() -> Non
     assert after["address"] < 0.7 * untrained["address"]
     assert after["sparse"] < 0.9 * untrained["sparse"]
     assert memory.metrics["history"][-1]["entropy_key"] < 0.9 * memory.metrics["max_entropy"]
+
+
+def test_early_stopping_stops_on_a_stale_validation_map_and_keeps_the_best_epoch(small) -> None:
+    from camkit.memory.training import _stale, evaluate_map, extract_features
+
+    history = [{"val_map": v} for v in (0.5, 0.7, 0.6, 0.65)]
+    assert _stale(history, 2) and not _stale(history[:3], 2) and not _stale(history, None)
+    memory = run(small, epochs=8, val_data=small[1], patience=1, lr=1e-2)
+    scores = [record["val_map"] for record in memory.metrics["history"]]
+    assert len(scores) == 8 or scores[-1] <= max(scores[:-1])
+    val = extract_features(small[1], lambda x: layer_features(small[0], "features", x), 3,
+                           device=torch.device("cpu"), batch_size=8, progress=False)
+    assert evaluate_map(memory, val, 8, torch.device("cpu")) == pytest.approx(max(scores))

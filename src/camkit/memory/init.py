@@ -34,26 +34,48 @@ from .module import BiasReducingMemory
 
 Init = Literal["random", "templates"]
 INITS = ("random", "templates")
-FIT_SAMPLES = 4096  # images used by the template fit
 RIDGE = 1e-3  # ridge of the fit, relative to the number of images
 READ_GAIN = 8.0  # logit that a full address on a class's slot adds to that class at the start
 JITTER = 0.1  # relative std of the jitter of repeated slots
 
 
+class TemplateFit:
+    """Ridge least squares ``vec f ≈ [y, 1] W`` accumulated batch by batch (the Gram matrix
+    ``(n_cls + 1)²`` and ``[y, 1]ᵀ vec f`` ``(n_cls + 1, D)`` in float64), so the fit needs
+    one pass over the features and memory for ``W`` only; also the mean query norm."""
+
+    def __init__(self) -> None:
+        self.gram: Tensor | None = None
+        self.cross: Tensor | None = None
+        self.count, self.query_norms = 0, 0.0
+
+    def add(self, features: Tensor, labels: Tensor) -> None:
+        """One batch: ``(b, c, h, w)`` (or ``(b, D)``) features, ``(b, n_cls)`` labels."""
+        design = torch.cat([labels, torch.ones_like(labels[:, :1])], dim=1).double().cpu()
+        flat = features.flatten(1).double().cpu()
+        gram, cross = design.T @ design, design.T @ flat
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.cross = cross if self.cross is None else self.cross + cross
+        self.count += len(features)
+        if features.dim() == 4:
+            self.query_norms += float(features.mean(dim=(2, 3)).norm(dim=1).sum())
+
+    def templates(self) -> Tensor:
+        """The class rows ``T`` of ``W`` (the intercept row dropped): ``(n_cls, D)`` float32."""
+        if self.gram is None or self.cross is None:
+            raise ValueError("no features to fit the class templates on")
+        ridge = RIDGE * self.count * torch.eye(len(self.gram), dtype=torch.float64)
+        return torch.linalg.solve(self.gram + ridge, self.cross)[:-1].float()
+
+    def mean_query_norm(self) -> float:
+        return self.query_norms / max(self.count, 1)
+
+
 def class_templates(features: Tensor, labels: Tensor) -> Tensor:
-    """Ridge least squares ``vec f ≈ [y, 1] W``: ``(n, D)``, ``(n, n_cls)`` → the class rows
-    ``T`` of ``W``, ``(n_cls, D)`` (the intercept row dropped)."""
-    design = torch.cat([labels, torch.ones_like(labels[:, :1])], dim=1).double()
-    gram = design.T @ design + RIDGE * len(design) * torch.eye(design.shape[1]).to(design)
-    weights = torch.linalg.solve(gram, design.T @ features.double())
-    return weights[:-1].to(features.dtype)
-
-
-def _sample(source: FeatureSource, batch_size: int) -> tuple[Tensor, Tensor]:
-    """The first :data:`FIT_SAMPLES` features ``(n, c, h, w)`` and labels of ``source``."""
-    rows = torch.arange(min(len(source), FIT_SAMPLES)).split(batch_size)
-    features, labels = zip(*source.iterate(list(rows)), strict=True)
-    return torch.cat(features).float(), torch.cat(labels).float()
+    """:class:`TemplateFit` on one batch: ``(n, D)``, ``(n, n_cls)`` → ``(n_cls, D)``."""
+    fit = TemplateFit()
+    fit.add(features, labels)
+    return fit.templates()
 
 
 def _repeat(rows: Tensor, slots: int, generator: torch.Generator) -> Tensor:
@@ -72,8 +94,10 @@ def _repeat(rows: Tensor, slots: int, generator: torch.Generator) -> Tensor:
 def init_from_templates(memory: BiasReducingMemory, source: FeatureSource, batch_size: int,
                         seed: int) -> None:
     """Set S, K, V of ``memory`` as the module docstring says, from ``source``'s features."""
-    features, labels = _sample(source, batch_size)
-    templates = class_templates(features.flatten(1), labels).view(-1, *features.shape[1:])
+    fit = TemplateFit()
+    for features, labels in source.iterate(list(torch.arange(len(source)).split(batch_size))):
+        fit.add(features.float(), labels.float())
+    templates = fit.templates().view(-1, *memory.spatial.shape[1:])
     generator = torch.Generator().manual_seed(seed)
     spatial = _repeat(templates, memory.num_slots, generator)
     device = memory.keys.device
@@ -81,9 +105,10 @@ def init_from_templates(memory: BiasReducingMemory, source: FeatureSource, batch
     memory.keys.copy_(spatial.mean(dim=(2, 3)).to(device))
     eye = torch.eye(memory.num_classes, device=device)
     codes = memory.encoder(eye).cpu()
-    codes = codes - codes.mean(dim=0, keepdim=True)
+    if len(codes) > 1:
+        codes = codes - codes.mean(dim=0, keepdim=True)
     codes = codes / codes.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    query_norm = features.mean(dim=(2, 3)).norm(dim=1).mean()
+    query_norm = fit.mean_query_norm()
     values = _repeat(codes, memory.num_slots, generator) * query_norm
     memory.values.copy_(values.to(device))
     memory.fc.weight[:, :memory.channels] = (READ_GAIN * codes / query_norm).to(device)
