@@ -64,7 +64,7 @@ from common import THREADS, machine, update_marked_section
 
 CLASSIC = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam",
            "ablationcam", "eigencam", "eigengradcam")
-BIAS_CLASSIC = ("gradcam", "gradcam++", "layercam", "scorecam")
+BIAS_CLASSIC = ("gradcam", "gradcam++", "layercam")
 METHODS = (*BIAS_CLASSIC, *CONTROLS, *MCAM_CONFIGS)
 BIAS_METRICS = ("energy-mask", "energy-leak", "pointing-mask", "average-drop",
                 "increase-in-confidence")
@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per data set")
     parser.add_argument("--cooccur", type=float, default=None, help="P(partner | class)")
+    parser.add_argument("--train", type=int, default=None, help="training images per seed")
+    parser.add_argument("--test", type=int, default=None, help="test images per seed")
     parser.add_argument("--parts", nargs="+", default=[*SPLITS, "pretrained"],
                         choices=[*SPLITS, "pretrained"], help="which parts to run")
     parser.add_argument("--out", default="runs/bench_bias", help="output folder")
@@ -338,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else Settings()
     if args.seeds:
         settings = replace(settings, seeds=args.seeds)
-    if args.cooccur is not None:
-        settings = replace(settings, cooccur=args.cooccur)
+    sizes = {"cooccur": args.cooccur, "train": args.train, "test": args.test}
+    settings = replace(settings, **{k: v for k, v in sizes.items() if v is not None})
     torch.set_num_threads(THREADS)
     register_controls()
     out, start, load = Path(args.out), time.perf_counter(), os.getloadavg()[0]
