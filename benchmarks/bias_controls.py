@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 import camkit
 from camkit.capture import LayerPass
@@ -82,7 +81,8 @@ def ideal_memory(features: Tensor, labels: Tensor) -> BiasReducingMemory:
     """A memory with one slot per class whose S holds the class templates of the training
     features ``(n, c, h, w)`` with multi-hot ``labels`` ``(n, n_cls)``."""
     n_cls = labels.shape[1]
-    memory = BiasReducingMemory(features.shape[1], tuple(features.shape[2:]), n_cls, n_cls)
+    _, channels, h, w = features.shape
+    memory = BiasReducingMemory(channels, (h, w), n_cls, n_cls)
     source = CachedFeatures(features, labels, (0, 0), [])
     init_from_templates(memory, source, 256, seed=0)
     return memory.eval()
@@ -108,7 +108,7 @@ def bias_check(net: nn.Module, x: Tensor, y: Tensor, partners: Mapping[int, int]
     return out
 
 
-def map_correlation(net: nn.Module, test: Dataset, layer: str, methods: Sequence[str],
+def map_correlation(net: nn.Module, test: Any, layer: str, methods: Sequence[str],
                     options: Mapping[str, Mapping[str, Any]], pair: tuple[int, int], seed: int
                     ) -> dict[str, float]:
     """Per method: the mean Pearson correlation, over the test images showing both classes

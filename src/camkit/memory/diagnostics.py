@@ -76,7 +76,8 @@ def _per_class(logits: dict[str, Tensor], labels: Tensor, slots: Tensor) -> dict
     """Per class (over the images that show it): the slot the search picks most often, the
     share of those images that get it, and the share where p_s (and p) pick p''s slot."""
     picked = {name: value.argmax(1) for name, value in logits.items()}
-    mode, share, spatial_agree, key_agree = [], [], [], []
+    mode: list[int | None] = []
+    share, spatial_agree, key_agree = [], [], []
     for k in range(labels.shape[1]):
         rows = labels[:, k] > 0
         if not rows.any():

@@ -197,7 +197,8 @@ def fit(memory: BiasReducingMemory, train: FeatureSource, val: FeatureSource | N
     Returns the history of epoch records."""
     device = memory.keys.device
     optimizer = torch.optim.Adam(memory.parameters(), lr=settings["lr"])
-    start, history, best = 0, [], None
+    history: list[dict[str, Any]] = []
+    start, best = 0, None
     if checkpoint is not None and resume and checkpoint.exists():
         start, history, best = load_checkpoint(checkpoint, memory, optimizer, settings)
     for epoch in range(start, epochs):
@@ -304,7 +305,8 @@ def train_memory(
     """
     device = _device(feature_fn_or_model, device)
     feature_fn = _feature_fn(feature_fn_or_model, layer)
-    options = {"device": device, "batch_size": extract_batch_size or batch_size,
+    pass_batch = extract_batch_size or batch_size
+    options = {"device": device, "batch_size": pass_batch,
                "max_memory_bytes": max_memory_bytes, "cache_dir": cache_dir,
                "num_workers": num_workers, "progress": progress}
     train = _source(data, feature_fn, num_classes, cache, options)
@@ -313,7 +315,8 @@ def train_memory(
         val = None if val_data is None else _source(val_data, feature_fn, num_classes, cache,
                                                     options)
         c, h, w = train.feature_shape
-        settings = {"layer": layer, "num_classes": num_classes, "slots": slots or 2 * num_classes,
+        slot_count = slots or 2 * num_classes
+        settings = {"layer": layer, "num_classes": num_classes, "slots": slot_count,
                     "seed": seed, "batch_size": batch_size, "lr": lr,
                     "addr_temperature": addr_temperature, "init": init,
                     "patience": patience, "feature_shape": [c, h, w],
@@ -322,16 +325,16 @@ def train_memory(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             memory = BiasReducingMemory(
-                c, (h, w), num_classes, settings["slots"], addr_temperature, layer=layer,
+                c, (h, w), num_classes, slot_count, addr_temperature, layer=layer,
                 input_size=train.input_size,
                 class_names=class_names or getattr(data, "class_names", None),
             ).to(device)
-            initialise(memory, init, train, options["batch_size"], seed)
+            initialise(memory, init, train, pass_batch, seed)
         start = memory.spatial.detach().clone()
         checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
         history = fit(memory, train, val, settings, epochs, checkpoint, resume, progress,
                       callback)
-        diagnostics = memory_diagnostics(memory, train, options["batch_size"], start)
+        diagnostics = memory_diagnostics(memory, train, pass_batch, start)
     finally:
         for source in (train, val):
             if source is not None:
