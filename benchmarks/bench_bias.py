@@ -174,7 +174,7 @@ def bias_run(kind: str, seed: int, s: Settings) -> tuple[Results, dict[str, Any]
     quality = heads_quality(net, memory, test)
     quality.update(cnn_training_s=trained - start, memory_training_s=time.perf_counter() - trained)
     ideal = ideal_memory(layer_features(net, LAYER, x), y)
-    options = method_options(memory, ideal) | {"scorecam": {"progress": False}}
+    options = method_options(memory, ideal)
     results = evaluate(net, test, METHODS, BIAS_METRICS, LAYER, targets="label", seed=seed,
                        method_options=options,
                        metric_options={"energy-leak": {"partners": PARTNERS}}, progress=False)

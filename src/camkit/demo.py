@@ -86,7 +86,10 @@ class ClassicSettings:
 class McamSettings:
     """The M-CAM part. In the training split class ``pair[1]`` is ``rarity`` times as frequent
     as the others on its own and present with probability ``cooccur`` whenever ``pair[0]``
-    is; the test split is decorrelated (every class independent, with the same frequency)."""
+    is; the test split is decorrelated (every class independent, with the same frequency).
+    Objects sit at random places or (``placement="anchored"``) at one place per class. M-CAM
+    runs with the ``sharpness`` and ``base`` options of ``mcam`` (the defaults 1 and "none"
+    are the seed's exp(τ) weights)."""
 
     train: int = 1500
     test: int = 96
@@ -98,7 +101,14 @@ class McamSettings:
     width: int = 32
     steps: int = 250
     memory_epochs: int = 10
+    placement: str = "random"
+    sharpness: float = 1.0
+    base: str = "none"
     seed: int = 0
+
+    def mcam_options(self) -> dict[str, Any]:
+        """The ``mcam`` options besides the memory."""
+        return {"sharpness": self.sharpness, "base": self.base}
 
 
 @dataclass(frozen=True)
@@ -328,7 +338,8 @@ def classic_part(out: Path, s: ClassicSettings, progress: bool | None) -> Part:
 def mcam_splits(s: McamSettings) -> tuple[SyntheticMultiLabel, SyntheticMultiLabel]:
     """The biased training split and the decorrelated test split."""
     first, second = s.pair
-    common = {"image_size": s.image_size, "num_classes": s.classes, "seed": s.seed}
+    common = {"image_size": s.image_size, "num_classes": s.classes, "seed": s.seed,
+              "placement": s.placement}
     return (SyntheticMultiLabel(s.train, cooccur={(first, second): s.cooccur},
                                 imbalance={second: s.rarity}, **common),
             SyntheticMultiLabel(s.test, split="test", **common))
@@ -374,7 +385,7 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
     cases = pair_cases(y, s.pair, test.class_names)
     rows = [row for row, _ in cases]
     expl = api.explain(net, x[rows], [list(s.pair)] * len(rows), ["gradcam", "mcam"], LAYER,
-                       memory=memory, seed=s.seed)
+                       memory=memory, seed=s.seed, **s.mcam_options())
     items = [multilabel_item(expl, i, x[row], title, test.class_names)
              for i, (row, title) in enumerate(cases)]
     results = mcam_metrics(net, memory, test, s, progress)
@@ -406,7 +417,8 @@ def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMult
     """``camkit.evaluate`` of Grad-CAM and M-CAM on every labelled class of the test split."""
     a, b = s.pair
     return evaluate(net, test, ["gradcam", "mcam"], ["energy-mask", "energy-leak"], LAYER,
-                    targets="label", method_options={"mcam": {"memory": memory}},
+                    targets="label",
+                    method_options={"mcam": {"memory": memory, **s.mcam_options()}},
                     metric_options={"energy-leak": {"partners": {a: b, b: a}}},
                     seed=s.seed, progress=progress)
 
