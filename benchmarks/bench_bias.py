@@ -64,7 +64,7 @@ from common import THREADS, machine, update_marked_section
 
 CLASSIC = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam",
            "ablationcam", "eigencam", "eigengradcam")
-BIAS_CLASSIC = ("gradcam", "gradcam++", "layercam")
+BIAS_CLASSIC = ("gradcam", "gradcam++")
 METHODS = (*BIAS_CLASSIC, *CONTROLS, *MCAM_CONFIGS)
 BIAS_METRICS = ("energy-mask", "energy-leak", "pointing-mask", "average-drop",
                 "increase-in-confidence")

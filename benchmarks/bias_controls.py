@@ -7,7 +7,7 @@ metrics as every other method:
 - ``mcam-ideal`` / ``mcam-ideal-s30``: M-CAM with an ideal memory (S = the class templates of
   `camkit.memory.init.class_templates`, one slot per class, the target's own slot forced),
   seed weights ``exp(τ)`` / sharpened ``exp(30 τ)``;
-- ``mcam-s10``, ``mcam-s30``, ``mcam-s100``, ``mcam-slot``, ``mcam-classifier``: the trained
+- ``mcam-s30``, ``mcam-s100``, ``mcam-slot``, ``mcam-classifier``: the trained
   memory with the `mcam` options of :data:`VARIANTS` (``mcam`` and ``mcam-gradcam`` are the
   library's own).
 
@@ -38,8 +38,7 @@ from camkit.methods.registry import Method, available_methods, register
 from camkit.metrics.stats import summarize
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "mcam-s10": {"sharpness": 10.0}, "mcam-s30": {"sharpness": 30.0},
-    "mcam-s100": {"sharpness": 100.0},
+    "mcam-s30": {"sharpness": 30.0}, "mcam-s100": {"sharpness": 100.0},
     "mcam-slot": {"base": "slot"}, "mcam-classifier": {"base": "classifier"},
 }
 MCAM_CONFIGS = ("mcam", *VARIANTS, "mcam-gradcam")  # mcam and mcam-gradcam: the library's
