@@ -174,14 +174,18 @@ def bias_run(kind: str, seed: int, s: Settings) -> tuple[Results, dict[str, Any]
     quality = heads_quality(net, memory, test)
     quality.update(cnn_training_s=trained - start, memory_training_s=time.perf_counter() - trained)
     ideal = ideal_memory(layer_features(net, LAYER, x), y)
-    options = method_options(memory, ideal)
+    before = train_memory(net, LAYER, TensorDataset(x, y), y.shape[1], epochs=s.memory_epochs,
+                          seed=seed, progress=False, init="random", addr_temperature=1.0)
+    options = method_options(memory, ideal, before)
     results = evaluate(net, test, METHODS, BIAS_METRICS, LAYER, targets="label", seed=seed,
                        method_options=options,
                        metric_options={"energy-leak": {"partners": PARTNERS}}, progress=False)
     xt, yt = stacked(test)
     extra = {"bias": bias_check(net, xt, yt, PARTNERS),
              "correlation": map_correlation(net, test, LAYER, METHODS, options, (0, 1), seed),
-             "diagnostics": memory.metrics["diagnostics"], "collapse": memory.metrics["collapse"]}
+             "diagnostics": memory.metrics["diagnostics"], "collapse": memory.metrics["collapse"],
+             "seed_memory": {"diagnostics": before.metrics["diagnostics"],
+                             "collapse": before.metrics["collapse"]}}
     return results, quality | extra
 
 

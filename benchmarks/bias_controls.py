@@ -4,6 +4,8 @@ Registered here as methods of their own, so that `camkit.evaluate` scores them w
 metrics as every other method:
 
 - ``channel-sum``: ``Σ_i f_i``, the map M-CAM degenerates to when its weights ignore the class;
+- ``mcam-seed-memory``: the seed's M-CAM with a memory trained as before issue 14 (random
+  N(0, 1) start, temperature 1), which barely leaves its start;
 - ``mcam-ideal`` / ``mcam-ideal-s30``: M-CAM with an ideal memory (S = the class templates of
   `camkit.memory.init.class_templates`, one slot per class, the target's own slot forced),
   seed weights ``exp(τ)`` / sharpened ``exp(30 τ)``;
@@ -43,7 +45,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 MCAM_CONFIGS = ("mcam", *VARIANTS, "mcam-gradcam")  # mcam and mcam-gradcam: the library's
 IDEAL = {"mcam-ideal": 1.0, "mcam-ideal-s30": 30.0}
-CONTROLS = ("channel-sum", *IDEAL)
+SEED_MEMORY = "mcam-seed-memory"  # M-CAM with a memory trained as before issue 14
+CONTROLS = ("channel-sum", *IDEAL, SEED_MEMORY)
 
 
 def _channel_sum(layer_pass: LayerPass) -> Tensor:
@@ -70,6 +73,8 @@ def register_controls() -> None:
     for name, sharpness in IDEAL.items():
         register(Method(name, f"control: M-CAM, ideal memory, exp({sharpness:g} τ)", "—",
                         partial(_ideal, sharpness=sharpness), options=("memory",)))
+    register(Method(SEED_MEMORY, "control: M-CAM with a memory from the random start at T = 1",
+                    "—", mcam_compute, options=("memory",)))
     for name, options in VARIANTS.items():
         register(Method(name, f"M-CAM with {options}", "Kim & Ro 2021 + camkit option",
                         partial(mcam_compute, **options), options=("memory",)))
@@ -87,10 +92,11 @@ def ideal_memory(features: Tensor, labels: Tensor) -> BiasReducingMemory:
     return memory.eval()
 
 
-def method_options(memory: BiasReducingMemory, ideal: BiasReducingMemory) -> dict[str, dict]:
+def method_options(memory: BiasReducingMemory, ideal: BiasReducingMemory,
+                   seed_memory: BiasReducingMemory) -> dict[str, dict]:
     """``method_options`` of `camkit.evaluate` for every memory-based method."""
     return ({name: {"memory": memory} for name in MCAM_CONFIGS}
-            | {name: {"memory": ideal} for name in IDEAL})
+            | {name: {"memory": ideal} for name in IDEAL} | {SEED_MEMORY: {"memory": seed_memory}})
 
 
 @torch.no_grad()
@@ -171,19 +177,24 @@ def bias_line(runs: Sequence[Mapping[str, Any]], partners: Mapping[int, int]) ->
 
 
 def diagnostics_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The memory's training diagnostics, one line per seed."""
+    """The training diagnostics of the memory and of the seed-style memory, one line per seed
+    and memory."""
     lines = []
     for seed, run in enumerate(runs):
-        record = run["diagnostics"]
-        agreement = [v for v in record["agreement_spatial"] if v == v]
-        collapse = "; collapsed: " + "; ".join(run["collapse"]) if run["collapse"] else ""
-        lines.append(
-            f"- seed {seed}: S vs start cosine {record['spatial_start_cosine']:.3f}; entropy "
+        for name, part in (("memory", run), ("seed-style memory", run["seed_memory"])):
+            lines.append(f"- seed {seed}, {name}: " + _diagnostics(part))
+    return lines
+
+
+def _diagnostics(part: Mapping[str, Any]) -> str:
+    record = part["diagnostics"]
+    agreement = [v for v in record["agreement_spatial"] if v == v]
+    collapse = "; collapsed: " + "; ".join(part["collapse"]) if part["collapse"] else ""
+    return (f"S vs start cosine {record['spatial_start_cosine']:.3f}; entropy "
             f"p / p' / p_s {record['entropy_key']:.2f} / {record['entropy_value']:.2f} / "
             f"{record['entropy_spatial']:.2f} of ln N = {record['max_entropy']:.2f}; slot found "
             f"per class {record['search_slot']} ({record['distinct_search_slots']} distinct); "
             f"mean p_s–p' agreement {sum(agreement) / max(1, len(agreement)):.2f}{collapse}")
-    return lines
 
 
 def correlation_line(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> str:
