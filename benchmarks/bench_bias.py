@@ -177,6 +177,7 @@ def bias_run(kind: str, seed: int, s: Settings) -> tuple[Results, dict[str, Any]
     before = train_memory(net, LAYER, TensorDataset(x, y), y.shape[1], epochs=s.memory_epochs,
                           seed=seed, progress=False, init="random", addr_temperature=1.0)
     options = method_options(memory, ideal, before)
+    print(f"{kind} seed {seed}: CNN and memories trained", flush=True)
     results = evaluate(net, test, METHODS, BIAS_METRICS, LAYER, targets="label", seed=seed,
                        method_options=options,
                        metric_options={"energy-leak": {"partners": PARTNERS}}, progress=False)
@@ -334,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per data set")
     parser.add_argument("--cooccur", type=float, default=None, help="P(partner | class)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
     parser.add_argument("--train", type=int, default=None, help="training images per seed")
     parser.add_argument("--test", type=int, default=None, help="test images per seed")
     parser.add_argument("--parts", nargs="+", default=[*SPLITS, "pretrained"],
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = replace(settings, seeds=args.seeds)
     sizes = {"cooccur": args.cooccur, "train": args.train, "test": args.test}
     settings = replace(settings, **{k: v for k, v in sizes.items() if v is not None})
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     register_controls()
     out, start, load = Path(args.out), time.perf_counter(), os.getloadavg()[0]
     bias = {kind: bias_part(kind, settings, out) for kind in SPLITS if kind in args.parts}
