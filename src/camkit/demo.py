@@ -401,15 +401,25 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
         "images (all classes independent) each map explains one class of the pair, "
         "present or not; the table scores every labelled class of "
         f"{s.test} test images: energy on its own mask (↑) and on its partner's mask (↓). "
-        "M-CAM's channel weights lie in [1/e, e], so its maps stay close to the sum of the "
-        "layer's channels and change little with the target class: read its lower share on "
-        "the partner together with its lower share on the target itself.",
+        f"M-CAM runs with {mcam_configuration(s)}. In the bias benchmark "
+        "(docs/evaluation.md) no M-CAM configuration keeps half of Grad-CAM's energy on the "
+        "partner while matching its energy on the target: read a lower share on the partner "
+        "together with the share on the target itself.",
         evaluation_metrics(results))
     return Part("mcam", section, [save_grid(items, out / "grids" / "mcam.png")],
                 f"test mAP: CNN {maps[0]:.2f}, memory {maps[1]:.2f}; energy on object / partner: "
                 + ", ".join(f"{m} {energy(results, m, 'energy-mask'):.0%} / "
                             f"{energy(results, m, 'energy-leak'):.0%}" for m in results.methods),
                 asdict(s), "reused" if reused else "trained")
+
+
+def mcam_configuration(s: McamSettings) -> str:
+    """The M-CAM weights the part uses, in words."""
+    weights = "exp(τ)" if s.sharpness == 1 else f"exp({s.sharpness:g} τ)"
+    base = {"none": "", "slot": " × the slot's channel profile",
+            "classifier": " × the memory classifier's weights"}[s.base]
+    seed = " (the seed's weights)" if s.sharpness == 1 and s.base == "none" else ""
+    return f"channel weights {weights}{base}{seed}"
 
 
 def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMultiLabel,
