@@ -35,8 +35,7 @@ from camkit.evaluate import Results
 from camkit.memory import BiasReducingMemory, channel_similarity, channel_weights, mcam_map
 from camkit.memory.features import CachedFeatures
 from camkit.memory.init import init_from_templates
-from camkit.memory.method import _compute as mcam_compute
-from camkit.methods.registry import Method, available_methods, register
+from camkit.methods.registry import Method, available_methods, get_method, register
 from camkit.metrics.stats import summarize
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -68,6 +67,7 @@ def register_controls() -> None:
     """Register the controls and the M-CAM configurations (once)."""
     if "channel-sum" in available_methods():
         return
+    mcam_compute = get_method("mcam").compute
     register(Method("channel-sum", "control: the plain sum of the layer's channels", "—",
                     _channel_sum))
     for name, sharpness in IDEAL.items():
