@@ -298,7 +298,7 @@ def quality_line(qualities: Sequence[dict[str, float]]) -> str:
 def markdown(bias: dict[str, dict[str, Any]], s: Settings,
              command: str, wall: float, loads: tuple[float, float]) -> str:
     lines = ["## The bias benchmark (M-CAM against the classic methods)", "",
-             f"Command: `{command}`; whole run {wall / 60:.1f} min on {machine()}; load "
+             f"Command: `{command}`; whole run {wall / 60:.1f} min on {host()}; load "
              f"average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end (other processes "
              "on the cores would inflate the times, which compare only within a table). "
              f"Settings: `{json.dumps(asdict(s))}`.", "",
@@ -318,6 +318,12 @@ def markdown(bias: dict[str, dict[str, Any]], s: Settings,
                   "the whole interval of the ratio is ≤ 0.5 and that of the difference ≥ 0):",
                   "", *goal_rows(part["results"], [*CONTROLS, *MCAM_CONFIGS]), ""]
     return "\n".join(lines)
+
+
+def host() -> str:
+    """:func:`machine` with the torch thread count of this run."""
+    return machine().replace(f"({THREADS} torch threads)",
+                             f"({torch.get_num_threads()} torch threads)")
 
 
 def pretrained_markdown(pretrained: dict[str, Results], command: str) -> str:
