@@ -17,6 +17,7 @@ from .explain import (
     mcam_raw_maps,
     slot_search,
 )
+from .diagnostics import collapse_reasons, memory_diagnostics
 from .features import extract_features
 from .losses import address_loss, classifier_loss, kl_divergence, loss_terms, sparse_loss
 from .module import (
@@ -33,8 +34,8 @@ from .training import average_precision, mean_average_precision, train_memory
 __all__ = [
     "FORMAT_VERSION", "BiasReducingMemory", "SlotNoise", "SlotSearch", "TrainingAddresses",
     "address_loss", "average_precision", "channel_similarity", "channel_weights",
-    "classifier_loss", "cosine_matrix", "draw_slot_noise", "extract_features", "kl_divergence",
+    "classifier_loss", "collapse_reasons", "cosine_matrix", "draw_slot_noise", "extract_features", "kl_divergence",
     "layer_features", "load_memory", "loss_terms", "mcam_map", "mcam_raw_maps",
-    "mean_average_precision", "read_config", "save_memory", "slot_search", "sparse_loss",
+    "mean_average_precision", "memory_diagnostics", "read_config", "save_memory", "slot_search", "sparse_loss",
     "train_memory",
 ]
