@@ -7,6 +7,7 @@
 
 from ..capture.features import layer_features
 from . import method  # noqa: F401  (registers the method)
+from .diagnostics import collapse_reasons, memory_diagnostics
 from .explain import (
     SlotNoise,
     SlotSearch,
@@ -17,7 +18,6 @@ from .explain import (
     mcam_raw_maps,
     slot_search,
 )
-from .diagnostics import collapse_reasons, memory_diagnostics
 from .features import extract_features
 from .losses import address_loss, classifier_loss, kl_divergence, loss_terms, sparse_loss
 from .module import (
