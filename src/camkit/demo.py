@@ -55,7 +55,7 @@ from .viz.report import (
 from .zoo import load_model
 
 LAYER = "features"  # the explained layer of the demo's small networks
-TRAINED_METHODS = ("mcam", "embedding-gradcam")  # methods that need a trained artifact
+TRAINED_METHODS = ("mcam", "mcam-gradcam", "embedding-gradcam")  # need a trained artifact
 NET_FORMAT = "camkit.demo-net"
 CACHE_VERSION = 1  # part of every cache key: raise it when what the parts train changes
 UPSCALE = 4  # synthetic 64-pixel images are shown at 4 × their size
