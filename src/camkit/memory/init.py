@@ -93,7 +93,9 @@ def _repeat(rows: Tensor, slots: int, generator: torch.Generator) -> Tensor:
 @torch.no_grad()
 def init_from_templates(memory: BiasReducingMemory, source: FeatureSource, batch_size: int,
                         seed: int) -> None:
-    """Set S, K, V of ``memory`` as the module docstring says, from ``source``'s features."""
+    """Set S, K, V and fc's value half of ``memory`` as the module docstring says, from one
+    pass over ``source``'s features (with ``cache=None`` that is one more pass of the
+    network over the data)."""
     fit = TemplateFit()
     for features, labels in source.iterate(list(torch.arange(len(source)).split(batch_size))):
         fit.add(features.float(), labels.float())
