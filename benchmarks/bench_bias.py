@@ -2,14 +2,18 @@
 than the classic CAM methods?
 
 Per data set and seed: a small CNN is trained on a biased training split (classes 0→1 and 2→3
-co-occur with P(partner | class) = 0.9, classes 4 and 5 are 50 times rarer than the others),
-the M-CAM memory is trained on the CNN's features of the same split, and every method explains
-every labelled class of a decorrelated test split (independent, balanced classes, each also
-alone), scored by `camkit.evaluate`: energy on the target's mask, energy leaking onto the
-co-occurring partner's mask, pointing game, Average Drop, Increase in Confidence, Infidelity,
-max-Sensitivity and time per image. Data sets: the synthetic shapes
-(`camkit.data.synthetic.SyntheticMultiLabel`) and Fashion-MNIST mosaics
-(`camkit.data.mosaic.MosaicMultiLabel`). Then the pretrained EfficientNet-Lite0 with every
+co-occur with P(partner | class) = ``--cooccur``, default 0.98; classes 4 and 5 are 50 times
+rarer than the others), the M-CAM memory is trained on the CNN's features of the same split,
+and every method explains every labelled class of a decorrelated test split (independent,
+balanced classes, each also alone), scored by `camkit.evaluate`: energy on the target's mask,
+energy leaking onto the co-occurring partner's mask, pointing game, Average Drop, Increase in
+Confidence and time per image. Data sets: the synthetic shapes at random places and anchored
+at a fixed place per class (`camkit.data.synthetic.SyntheticMultiLabel`, position-informative
+like chest X-rays) and Fashion-MNIST mosaics (`camkit.data.mosaic.MosaicMultiLabel`). With
+them: the bias check (the CNN's score for a class on partner-only images against images with
+neither), the memory's training diagnostics, the controls and M-CAM configurations of
+`bias_controls.py`, the correlation of the maps of classes 0 and 1 on images showing both, and
+the goal test against Grad-CAM. Then the pretrained EfficientNet-Lite0 with every
 classic method on grid mosaics of foolbox's ImageNet photos (grid pointing game) and on
 imgaug's quokka photo (box and mask).
 
@@ -37,20 +41,35 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from bias_controls import (
+    CONTROLS,
+    MCAM_CONFIGS,
+    bias_check,
+    bias_line,
+    correlation_line,
+    diagnostics_lines,
+    goal_rows,
+    ideal_memory,
+    map_correlation,
+    method_options,
+    register_controls,
+)
 from camkit.data.files import evaluation_data
 from camkit.data.mosaic import ImageNetGrid, MosaicMultiLabel, fashion_pool
 from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.evaluate import METRICS, EvaluationResults, evaluate
 from camkit.memory import layer_features, mean_average_precision, train_memory
+from camkit.memory.diagnostics import summary_lines
 from camkit.zoo import imagenet_classes, load_model
 from common import THREADS, machine, update_marked_section
 
 CLASSIC = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam",
            "ablationcam", "eigencam", "eigengradcam")
-METHODS = (*CLASSIC, "mcam")
+BIAS_CLASSIC = ("gradcam", "gradcam++")
+METHODS = (*BIAS_CLASSIC, *CONTROLS, *MCAM_CONFIGS)
 BIAS_METRICS = ("energy-mask", "energy-leak", "pointing-mask", "average-drop",
-                "increase-in-confidence", "infidelity", "sensitivity")
-PAIRS = {(0, 1): 0.9, (2, 3): 0.9}
+                "increase-in-confidence")
+PAIR_CLASSES = ((0, 1), (2, 3))
 RARE = {4: 1 / 50, 5: 1 / 50}
 PARTNERS = {0: 1, 1: 0, 2: 3, 3: 2}  # energy-leak: each paired class against its partner
 FASHION_CLASSES = (0, 1, 8, 7, 3, 9)  # T-shirt→Trouser, Bag→Sneaker paired; Dress, boot rare
@@ -65,16 +84,21 @@ class Settings:
     """Sizes of the run (``QUICK`` for a smoke test)."""
 
     seeds: int = 5
+    cooccur: float = 0.98
     train: int = 2400
     test: int = 192
     epochs: int = 10
     memory_epochs: int = 10
-    draws: int = 10  # perturbations of Infidelity and Sensitivity
     presence: float = 0.5
     grids: int = 8
 
 
-QUICK = Settings(seeds=2, train=300, test=12, epochs=3, memory_epochs=3, draws=3, grids=1)
+QUICK = Settings(seeds=2, train=300, test=12, epochs=3, memory_epochs=3, grids=1)
+
+
+def pairs(s: Settings) -> dict[tuple[int, int], float]:
+    """The co-occurrence dial: ``P(partner | class) = s.cooccur`` for both pairs."""
+    return dict.fromkeys(PAIR_CLASSES, s.cooccur)
 
 
 class SmallCNN(nn.Module):
@@ -113,26 +137,33 @@ def train_cnn(x: Tensor, y: Tensor, seed: int, epochs: int) -> SmallCNN:
     return net.eval().requires_grad_(False)
 
 
-def synthetic_splits(seed: int, s: Settings) -> tuple[Dataset, Dataset]:
+def synthetic_splits(seed: int, s: Settings, placement: str = "random"
+                     ) -> tuple[Dataset, Dataset]:
     """Biased synthetic train split and its decorrelated test split (6 classes, 64 px)."""
-    common = {"num_classes": 6, "presence": s.presence, "seed": seed}
-    return (SyntheticMultiLabel(s.train, cooccur=PAIRS, imbalance=RARE, **common),
+    common = {"num_classes": 6, "presence": s.presence, "seed": seed, "placement": placement}
+    return (SyntheticMultiLabel(s.train, cooccur=pairs(s), imbalance=RARE, **common),
             SyntheticMultiLabel(s.test, split="test", **common))
+
+
+def anchored_splits(seed: int, s: Settings) -> tuple[Dataset, Dataset]:
+    """:func:`synthetic_splits` with each class at its own place (position-informative)."""
+    return synthetic_splits(seed, s, "anchored")
 
 
 def fashion_splits(seed: int, s: Settings) -> tuple[Dataset, Dataset]:
     """Biased Fashion-MNIST mosaics (3×3 cells of 28 px) and their decorrelated test split
     drawn from Fashion-MNIST's test items."""
     train = MosaicMultiLabel(fashion_pool("train"), s.train, FASHION_CLASSES, (3, 3),
-                             cooccur=PAIRS, imbalance=RARE, presence=s.presence, seed=seed)
+                             cooccur=pairs(s), imbalance=RARE, presence=s.presence, seed=seed)
     return train, train.decorrelated(s.test, fashion_pool("test"))
 
 
 SPLITS: dict[str, Callable[[int, Settings], tuple[Dataset, Dataset]]] = {
-    "synthetic": synthetic_splits, "fashion-mosaic": fashion_splits}
+    "synthetic": synthetic_splits, "synthetic-anchored": anchored_splits,
+    "fashion-mosaic": fashion_splits}
 
 
-def bias_run(kind: str, seed: int, s: Settings) -> tuple[EvaluationResults, dict[str, float]]:
+def bias_run(kind: str, seed: int, s: Settings) -> tuple[EvaluationResults, dict[str, Any]]:
     """One seed of one data set: train the CNN and the memory, evaluate every method."""
     train, test = SPLITS[kind](seed, s)
     x, y = stacked(train)
@@ -143,14 +174,21 @@ def bias_run(kind: str, seed: int, s: Settings) -> tuple[EvaluationResults, dict
                           seed=seed, progress=False)
     quality = heads_quality(net, memory, test)
     quality.update(cnn_training_s=trained - start, memory_training_s=time.perf_counter() - trained)
-    draws = {"n_samples": s.draws}
+    ideal = ideal_memory(layer_features(net, LAYER, x), y)
+    before = train_memory(net, LAYER, TensorDataset(x, y), y.shape[1], epochs=s.memory_epochs,
+                          seed=seed, progress=False, init="random", addr_temperature=1.0)
+    options = method_options(memory, ideal, before)
+    print(f"{kind} seed {seed}: CNN and memories trained", flush=True)
     results = evaluate(net, test, METHODS, BIAS_METRICS, LAYER, targets="label", seed=seed,
-                       method_options={"mcam": {"memory": memory},
-                                       "scorecam": {"progress": False}},
-                       metric_options={"energy-leak": {"partners": PARTNERS},
-                                       "infidelity": draws, "sensitivity": draws},
-                       progress=False)
-    return results, quality
+                       method_options=options,
+                       metric_options={"energy-leak": {"partners": PARTNERS}}, progress=False)
+    xt, yt = stacked(test)
+    extra = {"bias": bias_check(net, xt, yt, PARTNERS),
+             "correlation": map_correlation(net, test, LAYER, METHODS, options, (0, 1), seed),
+             "diagnostics": memory.metrics["diagnostics"], "collapse": memory.metrics["collapse"],
+             "seed_memory": {"diagnostics": before.metrics["diagnostics"],
+                             "collapse": before.metrics["collapse"]}}
+    return results, quality | extra
 
 
 def heads_quality(net: SmallCNN, memory: nn.Module, test: Dataset) -> dict[str, float]:
@@ -172,10 +210,13 @@ def bias_part(kind: str, s: Settings, out: Path) -> dict[str, Any]:
         results.save(out / kind / f"seed-{seed}")
         runs.append(results)
         qualities.append(quality)
-        print(f"{kind} seed {seed}: {quality}", flush=True)
+        scalars = {k: round(v, 3) for k, v in quality.items() if isinstance(v, float)}
+        print(f"{kind} seed {seed}: {scalars}; bias {quality['bias']}", flush=True)
+        print("\n".join(summary_lines(quality["diagnostics"])), flush=True)
     combined = EvaluationResults.combine(runs, [f"seed {i}" for i in range(s.seeds)])
     combined.save(out / kind)
-    return {"results": combined, "quality": qualities, "constant": constant_share(runs)}
+    return {"results": combined, "quality": qualities, "constant": constant_share(runs),
+            "runs": runs}
 
 
 def pretrained_part(s: Settings, out: Path) -> dict[str, EvaluationResults]:
@@ -255,24 +296,41 @@ def quality_line(qualities: Sequence[dict[str, float]]) -> str:
             f"Training: CNN {mean('cnn_training_s')} s, memory {mean('memory_training_s')} s.")
 
 
-def markdown(bias: dict[str, dict[str, Any]], pretrained: dict[str, EvaluationResults], s: Settings,
+def markdown(bias: dict[str, dict[str, Any]], s: Settings,
              command: str, wall: float, loads: tuple[float, float]) -> str:
     lines = ["## The bias benchmark (M-CAM against the classic methods)", "",
-             f"Command: `{command}`; whole run {wall / 60:.1f} min on {machine()}; load "
+             f"Command: `{command}`; whole run {wall / 60:.1f} min on {host()}; load "
              f"average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end (other processes "
              "on the cores would inflate the times, which compare only within a table). "
              f"Settings: `{json.dumps(asdict(s))}`.", "",
-             "Synthetic and mosaic tables: each cell is the mean over the seeds (each seed its own "
-             "data, CNN and memory) ± the standard deviation of the seeds' means. Pretrained "
-             "tables: mean ± 95 % confidence half-width over the (image, class) pairs. ↑ higher "
-             "is better, ↓ lower is better; ms / image is the explanation alone.", ""]
+             "Each cell of a table is the mean over the seeds (each seed its own data, CNN and "
+             "memory) ± the standard deviation of the seeds' means (the pretrained tables below: "
+             "± 95 % confidence half-width over the (image, class) pairs). ↑ higher is better, "
+             "↓ lower is better; ms / image is the explanation alone.", ""]
     for kind, part in bias.items():
+        runs = part["quality"]
         lines += [f"### {kind}: biased training split, decorrelated test split", "",
-                  quality_line(part["quality"]), "",
+                  quality_line(runs), "", bias_line(runs, PARTNERS), "",
+                  "The memory's training diagnostics (on its training features):", "",
+                  *diagnostics_lines(runs), "",
                   *table(part["results"], part["constant"], "sd"), "",
-                  "M-CAM's rank per metric (by the mean over seeds):", "",
-                  *ranking(part["results"]), ""]
-    lines += ["### EfficientNet-Lite0 (pretrained) on real photos", ""]
+                  correlation_line(runs, METHODS), "",
+                  "Goal test, per seed against Grad-CAM (mean ± 95 % CI over seeds; met when "
+                  "the whole interval of the ratio is ≤ 0.5 and that of the difference ≥ 0):",
+                  "", *goal_rows(part["results"], [*CONTROLS, *MCAM_CONFIGS]), ""]
+    return "\n".join(lines)
+
+
+def host() -> str:
+    """:func:`machine` with the torch thread count of this run."""
+    return machine().replace(f"({THREADS} torch threads)",
+                             f"({torch.get_num_threads()} torch threads)")
+
+
+def pretrained_markdown(pretrained: dict[str, EvaluationResults], command: str) -> str:
+    """The EfficientNet-Lite0 tables (section ``bias-pretrained``)."""
+    lines = ["### EfficientNet-Lite0 (pretrained) on real photos (classic methods)", "",
+             f"Command: `{command}`.", ""]
     for name, results in pretrained.items():
         lines += [f"{name}: {len(results.pairs[results.methods[0]])} (image, class) pairs.", "",
                   *table(results, constant_share([results])), ""]
@@ -283,24 +341,37 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per data set")
+    parser.add_argument("--cooccur", type=float, default=None, help="P(partner | class)")
+    parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
+    parser.add_argument("--train", type=int, default=None, help="training images per seed")
+    parser.add_argument("--test", type=int, default=None, help="test images per seed")
+    parser.add_argument("--parts", nargs="+", default=[*SPLITS, "pretrained"],
+                        choices=[*SPLITS, "pretrained"], help="which parts to run")
     parser.add_argument("--out", default="runs/bench_bias", help="output folder")
     parser.add_argument("--docs", default=None, help="update this markdown file's section")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else Settings()
     if args.seeds:
         settings = replace(settings, seeds=args.seeds)
-    torch.set_num_threads(THREADS)
+    sizes = {"cooccur": args.cooccur, "train": args.train, "test": args.test}
+    settings = replace(settings, **{k: v for k, v in sizes.items() if v is not None})
+    torch.set_num_threads(args.threads)
+    register_controls()
     out, start, load = Path(args.out), time.perf_counter(), os.getloadavg()[0]
-    bias = {kind: bias_part(kind, settings, out) for kind in SPLITS}
-    pretrained = pretrained_part(settings, out)
+    bias = {kind: bias_part(kind, settings, out) for kind in SPLITS if kind in args.parts}
+    pretrained = pretrained_part(settings, out) if "pretrained" in args.parts else {}
     command = "python benchmarks/bench_bias.py" + "".join(f" {shlex.quote(a)}"
                                                          for a in sys.argv[1:])
-    section = markdown(bias, pretrained, settings, command, time.perf_counter() - start,
+    section = markdown(bias, settings, command, time.perf_counter() - start,
                        (load, os.getloadavg()[0]))
-    (out / "bias.md").write_text(section)
-    if args.docs:
-        update_marked_section(Path(args.docs), "bias", section)
-    print(section)
+    sections = {"bias": section} if bias else {}
+    if pretrained:
+        sections["bias-pretrained"] = pretrained_markdown(pretrained, command)
+    for name, text in sections.items():
+        (out / f"{name}.md").write_text(text)
+        if args.docs:
+            update_marked_section(Path(args.docs), name, text)
+        print(text)
     return 0
 
 

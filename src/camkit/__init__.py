@@ -40,6 +40,7 @@ FEM = method_class("FEM", "fem")
 Occlusion = method_class("Occlusion", "occlusion")
 RISE = method_class("RISE", "rise")
 MCAM = method_class("MCAM", "mcam")
+MCAMGradCAM = method_class("MCAMGradCAM", "mcam-gradcam")
 EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
@@ -47,10 +48,10 @@ __all__ = [
     "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "EigenCAM", "EigenGradCAM",
     "EmbeddingGradCAM", "EvaluationResults", "Explanation", "FEM", "FullGrad", "GradCAM",
     "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM",
-    "KPCACAM", "LayerCAM", "MCAM", "Occlusion", "RISE", "RawScoresOutputTarget", "SSCAM",
-    "ScoreCAM", "SemanticSegmentationTarget", "ShapleyCAM", "SmoothGradCAMPlusPlus", "XGradCAM",
-    "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
-    "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
+    "KPCACAM", "LayerCAM", "MCAM", "MCAMGradCAM", "Occlusion", "RISE", "RawScoresOutputTarget",
+    "SSCAM", "ScoreCAM", "SemanticSegmentationTarget", "ShapleyCAM", "SmoothGradCAMPlusPlus",
+    "XGradCAM", "available_methods", "available_metrics", "batch", "embedding", "evaluate",
+    "explain", "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
     "save_explanation", "targets",
 ]
 

@@ -71,15 +71,30 @@ def test_train_memory_from_folders(zoo, tmp_path: Path, capsys) -> None:
     assert "saved" in captured.err and "1 image(s) skipped" in captured.err
 
 
-def test_train_memory_synthetic_defaults(zoo, tmp_path: Path) -> None:
+def test_train_memory_synthetic_defaults(zoo, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m.safetensors"
     args = parse(["train-memory", "--data", "synthetic:8", "--out", str(out), "--arch", "a",
                   "--epochs", "1", "--layer", "features.2", "--cache", "none", "--no-progress"])
-    assert args.slots is None and args.lr == 1e-3 and args.addr_temperature == 1.0
+    assert args.slots is None and args.lr == 1e-3 and args.addr_temperature == 0.1
+    assert args.init == "templates" and args.patience is None
     assert args.run(args) == 0
     memory = BiasReducingMemory.load(out)
     assert memory.num_slots == 8 and memory.layer == "features.2"
     assert memory.train_settings["cache"] is None
+    assert memory.train_settings["init"] == "templates"
+    printed = capsys.readouterr().err
+    assert "address entropy p / p' / p_s" in printed and "slot found per class" in printed
+
+
+def test_train_memory_init_and_patience_options(zoo, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    args = parse(["train-memory", "--data", "synthetic:8", "--val-data", "synthetic:4",
+                  "--out", str(out), "--arch", "a", "--epochs", "2", "--init", "random",
+                  "--patience", "1", "--addr-temperature", "1", "--quiet"])
+    assert args.run(args) == 0
+    settings = BiasReducingMemory.load(out).train_settings
+    assert settings["init"] == "random" and settings["patience"] == 1
+    assert settings["addr_temperature"] == 1.0
 
 
 def test_bad_data_spec(zoo, tmp_path: Path) -> None:

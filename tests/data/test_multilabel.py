@@ -217,3 +217,27 @@ def test_synthetic_cooccurrence_and_imbalance() -> None:
     assert np.isclose(labels[~with_0, 1].mean(), 0.5, atol=0.07)
     with pytest.raises(ValueError, match="out of range"):
         SyntheticMultiLabel(2, num_classes=3, imbalance={3: 0.5})
+
+
+def test_anchored_placement_puts_each_class_near_its_own_anchor() -> None:
+    """``placement="anchored"``: the centre of each object lies within the jitter (plus
+    rounding) of its class's anchor, so the position tells the class. Small objects, so that
+    none is clipped by the border or hidden by another."""
+    from camkit.data.synthetic import anchors
+
+    data = SyntheticMultiLabel(30, image_size=64, num_classes=6, placement="anchored",
+                               jitter=0.05, object_size=(0.1, 0.15), seed=3)
+    centres = anchors(6, 64)
+    assert centres.shape == (6, 2) and len({tuple(c) for c in centres}) == 6
+    for index in range(len(data)):
+        _, labels, masks = data[index]
+        for k in labels.nonzero()[:, 0].tolist():
+            rows, cols = masks[k].nonzero(as_tuple=True)
+            centre = np.array([float(rows.min() + rows.max() + 1) / 2,
+                               float(cols.min() + cols.max() + 1) / 2])
+            assert np.abs(centre - centres[k]).max() <= 0.05 * 64 + 1.5
+
+
+def test_unknown_placement_is_refused() -> None:
+    with pytest.raises(ValueError, match="placement"):
+        SyntheticMultiLabel(2, placement="corner")

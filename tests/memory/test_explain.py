@@ -201,7 +201,7 @@ def layer_pass(activations: Tensor, targets: Tensor | None) -> LayerPass:
 
 def test_registered_method_computes_maps_and_notes() -> None:
     method = get_method("mcam")
-    assert method.options == ("memory",) and not method.needs
+    assert method.options == ("memory", "sharpness", "base") and not method.needs
     memory = random_memory()
     f = torch.rand(2, 6, 4, 5)
     lp = layer_pass(f, torch.tensor([[0], [3]]))

@@ -19,7 +19,8 @@ from camkit.memory import (
     mean_average_precision,
     sparse_loss,
 )
-from camkit.memory.training import address_entropy, epoch_order, slot_usage
+from camkit.memory.diagnostics import address_entropy, slot_usage
+from camkit.memory.training import epoch_order
 from tests.memory_fixtures import random_memory, single_thread  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_thread")

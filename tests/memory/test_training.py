@@ -158,7 +158,8 @@ def test_layer_features_leaves_the_model_as_it_was() -> None:
 
 def quality_run(temperature: float) -> tuple[BiasReducingMemory, dict[str, float],
                                               dict[str, float], dict[str, float]]:
-    """Train on 256 synthetic 64×64 images of 4 shape classes with the features of a small
+    """Train, from the random start (``init="random"``, the behaviour these measurements
+    describe), on 256 synthetic 64×64 images of 4 shape classes with the features of a small
     CNN (:func:`trained_shape_net`, 32×8×8 at "features"), 30 epochs of 16 batches, lr 1e-2
     (the few steps of a test need more than the default 1e-3). Returns the memory and the
     loss terms on the training set of: the initial memory, the trained one, and the trained
@@ -167,7 +168,8 @@ def quality_run(temperature: float) -> tuple[BiasReducingMemory, dict[str, float
     images, labels = synthetic_tensors(256)
     train, test = TensorDataset(images, labels), TensorDataset(*synthetic_tensors(128, "test"))
     memory = train_memory(net, "features", train, 4, epochs=30, batch_size=16, lr=1e-2,
-                          val_data=test, progress=False, addr_temperature=temperature)
+                          val_data=test, progress=False, addr_temperature=temperature,
+                          init="random")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the memory train_memory starts from
         initial = BiasReducingMemory(32, (8, 8), 4, addr_temperature=temperature)
@@ -217,3 +219,16 @@ def test_trained_spatial_dictionary_and_keys_follow_the_value_addresses() -> Non
     assert after["address"] < 0.7 * untrained["address"]
     assert after["sparse"] < 0.9 * untrained["sparse"]
     assert memory.metrics["history"][-1]["entropy_key"] < 0.9 * memory.metrics["max_entropy"]
+
+
+def test_early_stopping_stops_on_a_stale_validation_map_and_keeps_the_best_epoch(small) -> None:
+    from camkit.memory.training import _stale, evaluate_map, extract_features
+
+    history = [{"val_map": v} for v in (0.5, 0.7, 0.6, 0.65)]
+    assert _stale(history, 2) and not _stale(history[:3], 2) and not _stale(history, None)
+    memory = run(small, epochs=8, val_data=small[1], patience=1, lr=1e-2)
+    scores = [record["val_map"] for record in memory.metrics["history"]]
+    assert len(scores) == 8 or scores[-1] <= max(scores[:-1])
+    val = extract_features(small[1], lambda x: layer_features(small[0], "features", x), 3,
+                           device=torch.device("cpu"), batch_size=8, progress=False)
+    assert evaluate_map(memory, val, 8, torch.device("cpu")) == pytest.approx(max(scores))

@@ -17,7 +17,10 @@ from camkit.cli.arguments import (
 )
 from camkit.cli.arguments import device as device_argument
 from camkit.data.multilabel import SPEC_KINDS, dataset_from_spec
-from camkit.memory.training import CHECKPOINT_FORMAT, CHECKPOINT_NAME, train_memory
+from camkit.memory.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME
+from camkit.memory.diagnostics import summary_lines
+from camkit.memory.init import INITS
+from camkit.memory.training import DEFAULT_TEMPERATURE, train_memory
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -35,8 +38,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--addr-temperature", type=float, default=1.0,
-                   help="address softmax temperature (1 = the paper's)")
+    p.add_argument("--addr-temperature", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"address softmax temperature (default {DEFAULT_TEMPERATURE}; 1 = the "
+                        "paper's, under which slots hardly specialise)")
+    p.add_argument("--init", choices=INITS, default="templates",
+                   help="where S, K, V start: class templates of the features (default) or "
+                        "the random N(0, 1) start")
+    p.add_argument("--patience", type=positive_int,
+                   help="with --val-data: stop after this many epochs without a better "
+                        "validation mAP and keep the best epoch")
     p.add_argument("--checkpoint-dir", help="write a checkpoint here after every epoch")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--cache", choices=("auto", "memory", "disk", "none"), default="auto",
@@ -71,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         checkpoint_dir=args.checkpoint_dir, resume=not args.no_resume, val_data=val,
         progress=args.progress, cache=None if args.cache == "none" else args.cache,
-        addr_temperature=args.addr_temperature, class_names=class_names, device=device,
+        addr_temperature=args.addr_temperature, init=args.init, patience=args.patience,
+        class_names=class_names, device=device,
         num_workers=args.num_workers, cache_dir=args.cache_dir,
     )
     path = memory.save(args.out)
@@ -81,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"saved {path}: {memory.num_slots} slots on layer {layer!r} "
           f"{tuple(memory.spatial.shape[1:])}{val_map}; {skipped} image(s) skipped",
           file=sys.stderr)
+    for line in summary_lines(memory.metrics["diagnostics"]):
+        print(f"  {line}", file=sys.stderr)
     return 0
 
 

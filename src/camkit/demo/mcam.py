@@ -27,7 +27,8 @@ from camkit.viz.report import ReportSection, evaluation_metrics, save_grid
 def mcam_splits(s: McamSettings) -> tuple[SyntheticMultiLabel, SyntheticMultiLabel]:
     """The biased training split and the decorrelated test split."""
     first, second = s.pair
-    common: dict[str, Any] = {"image_size": s.image_size, "num_classes": s.classes, "seed": s.seed}
+    common: dict[str, Any] = {"image_size": s.image_size, "num_classes": s.classes,
+                              "seed": s.seed, "placement": s.placement}
     return (SyntheticMultiLabel(s.train, cooccur={(first, second): s.cooccur},
                                 imbalance={second: s.rarity}, **common),
             SyntheticMultiLabel(s.test, split="test", **common))
@@ -73,7 +74,7 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
     cases = pair_cases(y, s.pair, test.class_names)
     rows = [row for row, _ in cases]
     expl = api.explain(net, x[rows], [list(s.pair)] * len(rows), ["gradcam", "mcam"], LAYER,
-                       memory=memory, seed=s.seed)
+                       memory=memory, seed=s.seed, **s.mcam_options())
     items = [multilabel_item(expl, i, x[row], title, test.class_names)
              for i, (row, title) in enumerate(cases)]
     results = mcam_metrics(net, memory, test, s, progress)
@@ -89,9 +90,10 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
         "images (all classes independent) each map explains one class of the pair, "
         "present or not; the table scores every labelled class of "
         f"{s.test} test images: energy on its own mask (↑) and on its partner's mask (↓). "
-        "M-CAM's channel weights lie in [1/e, e], so its maps stay close to the sum of the "
-        "layer's channels and change little with the target class: read its lower share on "
-        "the partner together with its lower share on the target itself.",
+        f"M-CAM runs with {mcam_configuration(s)}. In the bias benchmark "
+        "(docs/evaluation.md) no M-CAM configuration keeps half of Grad-CAM's energy on the "
+        "partner while matching its energy on the target: read a lower share on the partner "
+        "together with the share on the target itself.",
         evaluation_metrics(results))
     return Part("mcam", section, [save_grid(items, out / "grids" / "mcam.png")],
                 f"test mAP: CNN {maps[0]:.2f}, memory {maps[1]:.2f}; energy on object / partner: "
@@ -100,12 +102,22 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
                 asdict(s), "reused" if reused else "trained")
 
 
+def mcam_configuration(s: McamSettings) -> str:
+    """The M-CAM weights the part uses, in words."""
+    weights = "exp(τ)" if s.sharpness == 1 else f"exp({s.sharpness:g} τ)"
+    base = {"none": "", "slot": " × the slot's channel profile",
+            "classifier": " × the memory classifier's weights"}[s.base]
+    seed = " (the seed's weights)" if s.sharpness == 1 and s.base == "none" else ""
+    return f"channel weights {weights}{base}{seed}"
+
+
 def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMultiLabel,
                  s: McamSettings, progress: bool | None) -> EvaluationResults:
     """``camkit.evaluate`` of Grad-CAM and M-CAM on every labelled class of the test split."""
     a, b = s.pair
     return evaluate(net, test, ["gradcam", "mcam"], ["energy-mask", "energy-leak"], LAYER,
-                    targets="label", method_options={"mcam": {"memory": memory}},
+                    targets="label",
+                    method_options={"mcam": {"memory": memory, **s.mcam_options()}},
                     metric_options={"energy-leak": {"partners": {a: b, b: a}}},
                     seed=s.seed, progress=progress)
 

@@ -7,6 +7,7 @@
 
 from ..capture.features import layer_features
 from . import method  # noqa: F401  (registers the method)
+from .diagnostics import collapse_reasons, memory_diagnostics
 from .explain import (
     SlotNoise,
     SlotSearch,
@@ -33,8 +34,8 @@ from .training import average_precision, mean_average_precision, train_memory
 __all__ = [
     "FORMAT_VERSION", "BiasReducingMemory", "SlotNoise", "SlotSearch", "TrainingAddresses",
     "address_loss", "average_precision", "channel_similarity", "channel_weights",
-    "classifier_loss", "cosine_matrix", "draw_slot_noise", "extract_features", "kl_divergence",
-    "layer_features", "load_memory", "loss_terms", "mcam_map", "mcam_raw_maps",
-    "mean_average_precision", "read_config", "save_memory", "slot_search", "sparse_loss",
-    "train_memory",
+    "classifier_loss", "collapse_reasons", "cosine_matrix", "draw_slot_noise",
+    "extract_features", "kl_divergence", "layer_features", "load_memory", "loss_terms",
+    "mcam_map", "mcam_raw_maps", "mean_average_precision", "memory_diagnostics", "read_config",
+    "save_memory", "slot_search", "sparse_loss", "train_memory",
 ]

@@ -119,9 +119,33 @@ def channel_similarity(features: Tensor, slot_maps: Tensor) -> Tensor:
     return torch.where(norms > 0, tau, torch.zeros_like(tau)).clamp(-1.0, 1.0)
 
 
-def channel_weights(tau: Tensor) -> Tensor:
-    """``w_i = exp(τ_i) ∈ [e⁻¹, e]`` (§1.5; OP-4: no base weight). Same shape as ``tau``."""
-    return tau.exp()
+def channel_weights(tau: Tensor, sharpness: float = 1.0, base: Tensor | None = None) -> Tensor:
+    """``w_i = α_i · exp(s · τ_i)`` (§1.5, OP-4). The seed's weights are the default
+    ``s = 1``, no base (``α_i = 1``): ``w_i = exp(τ_i) ∈ [e⁻¹, e]``.
+
+    ``sharpness`` ``s`` widens the range to ``[e⁻ˢ, eˢ]``, so channels whose spatial pattern
+    matches the slot's dominate (``s = 10`` is ``exp(τ / 0.1)``); ``base`` ``α`` of the same
+    shape as ``tau`` makes the weights depend on how much the class uses each channel (see
+    :func:`base_weights`). Same shape as ``tau``."""
+    weights = (sharpness * tau).exp()
+    return weights if base is None else base * weights
+
+
+BASES = ("none", "slot", "classifier", "gradcam")
+
+
+def slot_profile(slot_maps: Tensor) -> Tensor:
+    """``α_i = mean_{h,w} S_{n_ĉ,i}``: how much the found slot uses channel ``i``, the
+    ``"slot"`` base of :func:`channel_weights` (camkit's variant: it needs nothing but the
+    memory). ``(B, K, c, h, w)`` → ``(B, K, c)``."""
+    return slot_maps.mean(dim=(3, 4))
+
+
+def classifier_weights(memory: BiasReducingMemory, target_indices: Tensor) -> Tensor:
+    """``α_i = W_q[ĉ, i]``, the weight of query channel ``i`` in the memory's classifier
+    ``fc(cat(v, q))`` for class ``ĉ`` (a CAM weight of the memory head; the ``"classifier"``
+    base). ``(B, K)`` → ``(B, K, c)``."""
+    return memory.fc.weight[target_indices, memory.channels:]
 
 
 def mcam_map(weights: Tensor, features: Tensor) -> Tensor:
@@ -152,6 +176,10 @@ def mcam_raw_maps(
     activations: Tensor,
     target_indices: Tensor,
     generator: torch.Generator | None = None,
+    *,
+    sharpness: float = 1.0,
+    base: str = "none",
+    gradient_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """M-CAM raw maps for every image and target class (§1.6).
 
@@ -161,10 +189,16 @@ def mcam_raw_maps(
         target_indices: ``(B, K)`` long class indices.
         generator: seeds the slot-search noise (:func:`draw_slot_noise`); ``None`` uses the
             global RNG.
+        sharpness: ``s`` of :func:`channel_weights` (1 = the seed's ``exp(τ)``).
+        base: ``α`` of :func:`channel_weights`: ``"none"`` (the seed's), ``"slot"``
+            (:func:`slot_profile`), ``"classifier"`` (:func:`classifier_weights`) or
+            ``"gradcam"`` (the target network's Grad-CAM weights, given as
+            ``gradient_weights`` ``(B, K, c)``).
 
     Returns:
         ``(maps (B, K, h, w), info)`` with ``info`` = ``{"slots": (B, K) long, "found": (B, K)
-        bool, "weights": (B, K, c) exp(τ), "drops": (B, K, N)}``.
+        bool (False: no slot lowers the score, the map uses the argmax slot anyway),
+        "weights": (B, K, c) w, "drops": (B, K, N), "sharpness", "base"}``.
     """
     memory.check_features(activations)
     _check_targets(memory, activations, target_indices)
@@ -172,7 +206,21 @@ def mcam_raw_maps(
     queries = memory.pool(activations)
     noise = draw_slot_noise(memory, generator)
     search = slot_search(memory, queries, target_indices, noise)
-    weights = channel_weights(channel_similarity(activations, memory.spatial[search.slots]))
+    slot_maps = memory.spatial[search.slots]
+    alpha = _base(base, memory, slot_maps, target_indices, gradient_weights)
+    weights = channel_weights(channel_similarity(activations, slot_maps), sharpness, alpha)
     info = {"slots": search.slots, "found": search.found, "weights": weights,
-            "drops": search.drops}
+            "drops": search.drops, "sharpness": sharpness, "base": base}
     return mcam_map(weights, activations), info
+
+
+def _base(base: str, memory: BiasReducingMemory, slot_maps: Tensor, target_indices: Tensor,
+          gradient_weights: Tensor | None) -> Tensor | None:
+    """The ``α`` ``(B, K, c)`` that ``base`` names (``None`` for ``"none"``)."""
+    if base not in BASES:
+        raise ValueError(f"base must be one of {BASES}, got {base!r}")
+    if base == "gradcam" and gradient_weights is None:
+        raise ValueError("base='gradcam' needs the target network's gradient_weights")
+    return {"none": lambda: None, "slot": lambda: slot_profile(slot_maps),
+            "classifier": lambda: classifier_weights(memory, target_indices),
+            "gradcam": lambda: gradient_weights}[base]()

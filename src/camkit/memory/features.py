@@ -140,7 +140,7 @@ def extract_features(
     total = len(data) if limit is None else min(limit, len(data))
     loader = DataLoader(torch.utils.data.Subset(data, range(total)), batch_size=batch_size,
                         collate_fn=collate_skipping, num_workers=num_workers)
-    store: Tensor | np.memmap | None = None
+    store: Any = None  # a tensor, or a memmap when the cache is on disk
     path, count, labels, skipped = None, 0, [], []
     input_size: tuple[int, int] = (0, 0)
     with Progress(len(loader), "features", progress, unit="batch") as bar:

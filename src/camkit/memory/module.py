@@ -78,9 +78,11 @@ class BiasReducingMemory(nn.Module):
         input_size: ``(H, W)`` of the images that give ``spatial_size`` (recorded).
         class_names: one name per class (recorded); default ``"0"``, ``"1"``, ...
 
-    Initialisation (§1.7 [P]): ``K, S ~ N(0, 1)`` (the scale is irrelevant under cosine),
-    ``V ~ N(0, 0.02²)``, ``fc`` and ``G`` PyTorch defaults; all from the global RNG, so seed
-    it (or use ``torch.random.fork_rng``) for a reproducible memory.
+    Initialisation (§1.7 [P]): ``K, S ~ N(0, 1)``, ``V ~ N(0, 0.02²)``, ``fc`` and ``G``
+    PyTorch defaults; all from the global RNG, so seed it (or use ``torch.random.fork_rng``)
+    for a reproducible memory. The scale is irrelevant to the cosines but not to training:
+    from this start Adam barely moves S and K, so :func:`camkit.memory.train_memory` starts
+    from class templates of the features by default (:mod:`camkit.memory.init`).
 
     ``train_settings`` and ``metrics`` are plain dicts filled by training and saved with
     the memory.

@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..artifacts import read_safetensors, write_safetensors
 from ..capture.features import layer_features
 from ..progress import Progress
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .diagnostics import address_entropy, collapse_reasons, memory_diagnostics, slot_usage
 from .features import (
     CacheMode,
     FeatureFn,
@@ -29,12 +30,16 @@ from .features import (
     LiveFeatures,
     extract_features,
 )
+from .init import Init, initialise
 from .losses import loss_terms
 from .module import BiasReducingMemory, TrainingAddresses
 
-CHECKPOINT_NAME = "memory-checkpoint.safetensors"
-CHECKPOINT_FORMAT = "camkit.memory-checkpoint"
 LOSS_NAMES = ("classifier", "sparse", "address", "total")
+# Address temperature of training (a deviation from the paper's T = 1, OP-10): under T = 1 no
+# address weight can exceed e² / (e² + N − 1) (0.40 for N = 12) and even orthogonal slots
+# leave the address entropy within 5 % of ln N, so p' is too soft a target for slots to
+# specialise on; at T = 0.1 the toy and benchmark sets specialise (docs/evaluation.md).
+DEFAULT_TEMPERATURE = 0.1
 ADDRESSES = ("key", "value", "spatial")  # p, p', p_s
 Callback = Callable[[int, dict[str, Any]], None]
 
@@ -61,17 +66,6 @@ def mean_average_precision(scores: Tensor, labels: Tensor) -> float:
     positive (NaN when there is none)."""
     ap = average_precision(scores, labels)
     return float(ap[~ap.isnan()].mean()) if (~ap.isnan()).any() else math.nan
-
-
-def address_entropy(logits: Tensor) -> Tensor:
-    """Entropy ``−Σ_n p_n log p_n`` of each address ``p = softmax(logits)``: ``(B, N)`` →
-    ``(B,)``; ``log N`` means uniform (§1.9 pitfall 2)."""
-    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
-
-
-def slot_usage(logits: Tensor) -> Tensor:
-    """How many samples address each slot most strongly: ``(B, N)`` → ``(N,)`` counts."""
-    return torch.bincount(logits.argmax(1), minlength=logits.shape[1])
 
 
 def epoch_order(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
@@ -150,65 +144,6 @@ def evaluate_map(memory: BiasReducingMemory, source: FeatureSource, batch_size: 
     return mean_average_precision(torch.cat(scores), torch.cat(labels))
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
-    state = optimizer.state_dict()
-    tensors = {f"optimizer.{pid}.{key}": value for pid, entry in state["state"].items()
-               for key, value in entry.items() if isinstance(value, Tensor)}
-    scalars = {f"{pid}.{key}": value for pid, entry in state["state"].items()
-               for key, value in entry.items() if not isinstance(value, Tensor)}
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor],
-                       header: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
-    for name, value in header["scalars"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": header["param_groups"]})
-
-
-def save_checkpoint(path: Path, memory: BiasReducingMemory, optimizer: torch.optim.Optimizer,
-                    epoch: int, settings: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    """Write model, optimizer, RNG states, epoch and history atomically (safetensors)."""
-    optim_tensors, optim_header = _optimizer_tensors(optimizer)
-    tensors = {f"memory.{k}": v for k, v in memory.state_dict().items()} | optim_tensors
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    header = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "settings": settings,
-              "history": history, "optimizer": optim_header}
-    write_safetensors(tensors, header, path)
-
-
-def load_checkpoint(path: Path, memory: BiasReducingMemory, optimizer: torch.optim.Optimizer,
-                    settings: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
-    """Restore a :func:`save_checkpoint` file into ``memory`` and ``optimizer`` (and the
-    global RNG states); returns ``(epochs done, history)``. Refuses a checkpoint of a run
-    with other settings."""
-    tensors, header = read_safetensors(path, "memory checkpoint")
-    if header.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a memory training checkpoint")
-    if header["settings"] != settings:
-        changed = sorted(k for k in settings | header["settings"]
-                         if settings.get(k) != header["settings"].get(k))
-        raise ValueError(f"{path} belongs to a run with other settings ({changed}); pass "
-                         "resume=False or another checkpoint_dir to start afresh")
-    device = memory.keys.device
-    memory.load_state_dict({k.removeprefix("memory."): v.to(device) for k, v in tensors.items()
-                            if k.startswith("memory.")})
-    _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()
-                                   if k.startswith("optimizer.")}, header["optimizer"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda:
-        torch.cuda.set_rng_state_all(cuda)
-    return int(header["epoch"]), header["history"]
-
-
 def _feature_fn(target: nn.Module | FeatureFn, layer: str | None) -> FeatureFn:
     if isinstance(target, nn.Module):
         if not isinstance(layer, str):
@@ -241,17 +176,34 @@ def _source(dataset: Any, feature_fn: FeatureFn, num_classes: int, cache: CacheM
     return extract_features(dataset, feature_fn, num_classes, cache=cache, **options)
 
 
+def _stale(history: list[dict[str, Any]], patience: int | None) -> bool:
+    """Early stopping: the last ``patience`` epochs brought no better validation mAP."""
+    scores = [record["val_map"] for record in history if "val_map" in record]
+    if patience is None or len(scores) <= patience:
+        return False
+    return max(scores[-patience:]) <= max(scores[:-patience])
+
+
+def _snapshot(memory: BiasReducingMemory) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in memory.state_dict().items()}
+
+
 def fit(memory: BiasReducingMemory, train: FeatureSource, val: FeatureSource | None,
         settings: dict[str, Any], epochs: int, checkpoint: Path | None, resume: bool,
         progress: bool, callback: Callback | None) -> list[dict[str, Any]]:
     """The epoch loop: resume from ``checkpoint`` if asked, train, validate, checkpoint and
-    call back after every epoch. Returns the history of epoch records."""
+    call back after every epoch. With ``settings["patience"]`` and validation data, stop when
+    that many epochs bring no better validation mAP and end in the best epoch's state.
+    Returns the history of epoch records."""
     device = memory.keys.device
     optimizer = torch.optim.Adam(memory.parameters(), lr=settings["lr"])
-    start, history = 0, []
+    history: list[dict[str, Any]] = []
+    start, best = 0, None
     if checkpoint is not None and resume and checkpoint.exists():
-        start, history = load_checkpoint(checkpoint, memory, optimizer, settings)
+        start, history, best = load_checkpoint(checkpoint, memory, optimizer, settings)
     for epoch in range(start, epochs):
+        if _stale(history, settings["patience"]):
+            break
         began = time.perf_counter()
         batches = epoch_order(len(train), settings["batch_size"], settings["seed"], epoch)
         with Progress(len(batches), f"epoch {epoch + 1}/{epochs}", progress, unit="batch") as bar:
@@ -260,12 +212,16 @@ def fit(memory: BiasReducingMemory, train: FeatureSource, val: FeatureSource | N
             if val is not None:
                 record["val_map"] = evaluate_map(memory, val, settings["batch_size"], device)
                 bar.note(_postfix(record))
+                if best is None or record["val_map"] > max(r["val_map"] for r in history):
+                    best = _snapshot(memory)
         record["seconds"] = time.perf_counter() - began
         history.append(record)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, memory, optimizer, epoch + 1, settings, history)
+            save_checkpoint(checkpoint, memory, optimizer, epoch + 1, settings, history, best)
         if callback is not None:
             callback(epoch + 1, record)
+    if settings["patience"] is not None and best is not None:
+        memory.load_state_dict(best)
     return history
 
 
@@ -295,7 +251,9 @@ def train_memory(
     progress: bool = True,
     cache: CacheMode = "auto",
     *,
-    addr_temperature: float = 1.0,
+    init: Init = "templates",
+    patience: int | None = None,
+    addr_temperature: float = DEFAULT_TEMPERATURE,
     class_names: list[str] | None = None,
     device: str | torch.device | None = None,
     num_workers: int = 0,
@@ -320,10 +278,16 @@ def train_memory(
         resume: continue from that checkpoint when it exists (same settings required;
             ``epochs`` may grow).
         val_data: data set for the memory head's validation mAP after every epoch.
+        init: ``"templates"`` (default: S, K, V start from class templates of the training
+            features, slot ``n`` for class ``n mod n_cls``, see :mod:`camkit.memory.init`)
+            or ``"random"`` (§1.7's ``K, S ~ N(0, 1)``, which barely trains).
+        patience: early stopping: with ``val_data``, stop after this many epochs without a
+            better validation mAP and keep the best epoch's memory (``None``: all epochs).
         progress: progress bars on stderr (features, then one per epoch).
         cache: ``"auto"`` (memory up to ``max_memory_bytes``, else disk), ``"memory"``,
             ``"disk"`` (a numpy memmap in ``cache_dir``), or ``None`` (recompute every batch).
-        addr_temperature: address softmax temperature (1 = paper).
+        addr_temperature: address softmax temperature; default :data:`DEFAULT_TEMPERATURE`
+            = 0.1, a documented deviation from the paper's 1 (why: see that constant).
         class_names: recorded in the memory; default the data set's ``class_names``.
         device: where the memory trains; default the model's device (CPU for a function).
         num_workers: DataLoader workers for reading images.
@@ -333,11 +297,16 @@ def train_memory(
     Returns:
         The trained memory (in eval mode, on ``device``); ``memory.metrics`` holds the
         per-epoch ``history`` (loss terms, validation mAP, address entropies, slot usage,
-        seconds) and the ``skipped`` images; ``memory.train_settings`` the settings.
+        seconds), the ``diagnostics`` of the final memory on the training features
+        (:func:`camkit.memory.diagnostics.memory_diagnostics`: S's drift from its start,
+        entropies, slot usage, the slot found per class, address agreement), the ``collapse``
+        reasons (a ``RuntimeWarning`` is raised when there are any) and the ``skipped``
+        images; ``memory.train_settings`` the settings.
     """
     device = _device(feature_fn_or_model, device)
     feature_fn = _feature_fn(feature_fn_or_model, layer)
-    options = {"device": device, "batch_size": extract_batch_size or batch_size,
+    pass_batch = extract_batch_size or batch_size
+    options = {"device": device, "batch_size": pass_batch,
                "max_memory_bytes": max_memory_bytes, "cache_dir": cache_dir,
                "num_workers": num_workers, "progress": progress}
     train = _source(data, feature_fn, num_classes, cache, options)
@@ -346,26 +315,42 @@ def train_memory(
         val = None if val_data is None else _source(val_data, feature_fn, num_classes, cache,
                                                     options)
         c, h, w = train.feature_shape
-        settings = {"layer": layer, "num_classes": num_classes, "slots": slots or 2 * num_classes,
+        slot_count = slots or 2 * num_classes
+        settings = {"layer": layer, "num_classes": num_classes, "slots": slot_count,
                     "seed": seed, "batch_size": batch_size, "lr": lr,
-                    "addr_temperature": addr_temperature, "feature_shape": [c, h, w],
+                    "addr_temperature": addr_temperature, "init": init,
+                    "patience": patience, "feature_shape": [c, h, w],
                     "input_size": list(train.input_size), "train_samples": len(train),
                     "val_samples": None if val is None else len(val)}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             memory = BiasReducingMemory(
-                c, (h, w), num_classes, settings["slots"], addr_temperature, layer=layer,
+                c, (h, w), num_classes, slot_count, addr_temperature, layer=layer,
                 input_size=train.input_size,
                 class_names=class_names or getattr(data, "class_names", None),
             ).to(device)
+            initialise(memory, init, train, pass_batch, seed)
+        start = memory.spatial.detach().clone()
         checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
         history = fit(memory, train, val, settings, epochs, checkpoint, resume, progress,
                       callback)
+        diagnostics = memory_diagnostics(memory, train, pass_batch, start)
     finally:
         for source in (train, val):
             if source is not None:
                 source.close()
     memory.train_settings = settings | {"epochs": epochs, "optimizer": "Adam", "cache": cache}
     memory.metrics = {"history": history, "max_entropy": math.log(memory.num_slots),
+                      "diagnostics": diagnostics, "collapse": _warn_collapse(diagnostics),
                       "skipped": _report_skipped([train, val])}
     return memory.eval()
+
+
+def _warn_collapse(diagnostics: dict[str, Any]) -> list[str]:
+    """Warn (``RuntimeWarning``) when :func:`collapse_reasons` finds any; return them."""
+    reasons = collapse_reasons(diagnostics)
+    if reasons:
+        warnings.warn("the M-CAM memory has collapsed: " + "; ".join(reasons) + ". Its maps "
+                      "will hardly depend on the class; see memory.metrics['diagnostics']",
+                      RuntimeWarning, stacklevel=3)
+    return reasons
