@@ -90,7 +90,7 @@ def test_train_memory_init_and_patience_options(zoo, tmp_path: Path) -> None:
     out = tmp_path / "m.safetensors"
     args = parse(["train-memory", "--data", "synthetic:8", "--val-data", "synthetic:4",
                   "--out", str(out), "--arch", "a", "--epochs", "2", "--init", "random",
-                  "--patience", "1", "--addr-temperature", "1", "--quiet"])
+                  "--patience", "1", "--addr-temperature", "1", "--no-progress"])
     assert args.run(args) == 0
     settings = BiasReducingMemory.load(out).train_settings
     assert settings["init"] == "random" and settings["patience"] == 1
