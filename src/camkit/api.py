@@ -17,6 +17,7 @@ from . import capture
 from .capture import LayerPass
 from .capture.layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
 from .methods import registry
+from .methods.eigen import check_channel_terms, eigen_smoothed
 from .methods.registry import GRADIENTS, INPUT_GRADIENTS, Method
 from .postprocess import postprocess
 from .targets import ScoreFn, TargetSpec, resolve
@@ -167,6 +168,7 @@ def explain(
     eval_mode: bool = True,
     seed: int = 0,
     aug_smooth: bool = False,
+    eigen_smooth: bool = False,
     **options: Any,
 ) -> Explanation:
     """Explain ``model``'s output on ``x`` with one or more methods, from one forward pass.
@@ -183,6 +185,9 @@ def explain(
         aug_smooth: average each method's maps over the test-time augmentations of
             :data:`AUGMENTATIONS` (horizontal flip × brightness 0.9, 1, 1.1), each map flipped
             back, for the classes chosen on the clean input; six passes instead of one.
+        eigen_smooth: each map is the first principal component of its per-channel terms
+            (``α_k A^k``, or ``g·A`` per channel, ...) instead of their sum, for methods whose
+            map is a sum over the layer's channels (:attr:`Method.channel_terms`).
         **options: method options (each method receives those it declares).
 
     Example: two methods, two target classes per image, one forward and one backward pass.
@@ -198,9 +203,12 @@ def explain(
     """
     if aug_smooth:
         return _augmentation_smoothed(model, x, targets, methods, layer, reshape=reshape,
-                                      eval_mode=eval_mode, seed=seed, **options)
+                                      eval_mode=eval_mode, seed=seed,
+                                      eigen_smooth=eigen_smooth, **options)
     names = [methods] if isinstance(methods, str) else list(methods)
     chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
+    if eigen_smooth:
+        check_channel_terms(chosen, registry.available_methods())
     per_method_options = check_options(chosen, options)
     inputs = as_inputs(x)
     layer_name, module = resolve_layer(model, layer, inputs)
@@ -238,7 +246,7 @@ def explain(
                 model, module, cap.call, score_fn, lambda grads: _spatial(grads, reshape)),
         )
         del cap
-        raw = {m.name: m.compute(layer_pass, **opts).float()
+        raw = {m.name: _raw_map(m, layer_pass, opts, eigen_smooth)
                for m, opts in zip(chosen, per_method_options, strict=True)}
     maps, constant = {}, {}
     for m in chosen:
@@ -246,6 +254,13 @@ def explain(
         _warn_constant(m.name, constant[m.name])
     return Explanation(maps, raw, constant, score_fn.indices, layer_pass.scores,
                        layer_pass.outputs, layer_name, layer_pass.notes)
+
+
+def _raw_map(method: Method, layer_pass: LayerPass, options: dict[str, Any],
+             eigen_smooth: bool) -> Tensor:
+    if eigen_smooth:
+        return eigen_smoothed(method, layer_pass, options)
+    return method.compute(layer_pass, **options).float()
 
 
 # Test-time augmentations of aug_smooth: (horizontal flip, brightness factor), clean first.
