@@ -2,6 +2,7 @@
 
 from . import batch, embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
+from .dff import Concepts, factorize
 from .evaluate import Results, available_metrics, evaluate
 from .viz import report
 
@@ -37,6 +38,7 @@ __all__ = [
     "Explanation", "FEM", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
     "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM",
     "Occlusion", "RISE", "Results", "SSCAM", "ScoreCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus",
-    "XGradCAM", "available_methods", "available_metrics", "batch", "embedding", "evaluate",
-    "explain", "memory", "method_class", "methods", "metrics", "report", "targets",
+    "XGradCAM", "Concepts", "factorize", "available_methods", "available_metrics", "batch",
+    "embedding", "evaluate", "explain", "memory", "method_class", "methods", "metrics", "report",
+    "targets",
 ]
