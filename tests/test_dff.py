@@ -24,7 +24,7 @@ def test_no_update_increases_the_error():
     v = torch.rand(10, 30, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     errors = [relative_error(v, *nmf(v, 4, i, torch.Generator().manual_seed(3)))
               for i in range(0, 40, 5)]
-    assert all(later <= earlier + 1e-12 for earlier, later in zip(errors, errors[1:]))
+    assert all(later <= earlier + 1e-12 for earlier, later in zip(errors, errors[1:], strict=False))
     assert errors[-1] < errors[0]
 
 
