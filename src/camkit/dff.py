@@ -24,7 +24,7 @@ from .postprocess import postprocess
 EPS = 1e-10
 
 
-def nmf(v: Tensor, n: int, iterations: int = 300,
+def nmf(v: Tensor, n: int, iterations: int = 1000,
         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Non-negative ``V ≈ W H`` (Lee & Seung, NIPS 2001, Theorem 1): from a seeded uniform
     start scaled to ``√(mean V / n)``, ``iterations`` rounds of ``H ← H ∘ (WᵀV) / (WᵀWH)`` and
@@ -63,7 +63,7 @@ class Concepts:
 
 
 def factorize(model: nn.Module, x: Tensor, n_concepts: int = 5, layer: str | None = None, *,
-              iterations: int = 300, seed: int = 0,
+              iterations: int = 1000, seed: int = 0,
               classifier: Callable[[Tensor], Tensor] | None = None) -> Concepts:
     """Deep Feature Factorization of ``model``'s ``layer`` (``None``: the automatic choice)
     on the images ``x`` ``(B, C_in, H, W)`` into ``n_concepts`` concepts.
