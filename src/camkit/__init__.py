@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 from . import embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
 from .detection import BoxScoreTarget
+from .dff import Concepts, factorize
 from .evaluate import EvaluationResults, available_metrics, evaluate
 from .segmentation import SemanticSegmentationTarget
 from .targets import (
@@ -45,14 +46,14 @@ EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
     "AblationCAM", "BinaryClassifierOutputTarget", "BoxScoreTarget", "CAM", "CAMMethod",
-    "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "EigenCAM", "EigenGradCAM",
-    "EmbeddingGradCAM", "EvaluationResults", "Explanation", "FEM", "FullGrad", "GradCAM",
-    "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM",
-    "KPCACAM", "LayerCAM", "MCAM", "MCAMGradCAM", "Occlusion", "RISE", "RawScoresOutputTarget",
-    "SSCAM", "ScoreCAM", "SemanticSegmentationTarget", "ShapleyCAM", "SmoothGradCAMPlusPlus",
-    "XGradCAM", "available_methods", "available_metrics", "batch", "embedding", "evaluate",
-    "explain", "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
-    "save_explanation", "targets",
+    "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "Concepts", "EigenCAM",
+    "EigenGradCAM", "EmbeddingGradCAM", "EvaluationResults", "Explanation", "FEM", "FullGrad",
+    "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM",
+    "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM", "MCAMGradCAM", "Occlusion", "RISE",
+    "RawScoresOutputTarget", "SSCAM", "ScoreCAM", "SemanticSegmentationTarget", "ShapleyCAM",
+    "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods", "available_metrics", "batch",
+    "embedding", "evaluate", "explain", "explanation_to_html", "factorize", "memory",
+    "method_class", "methods", "metrics", "report", "save_explanation", "targets",
 ]
 
 # Applications, imported on first use: `import camkit` loads no HTML report and no job runner.

@@ -16,6 +16,7 @@ from .capture import LayerPass
 from .capture.layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
 from .fusion import check_fusion, fuse
 from .methods import registry
+from .methods.eigen import check_channel_terms, eigen_smoothed
 from .methods.registry import GRADIENTS, INPUT_GRADIENTS, Method
 from .postprocess import minmax, postprocess
 from .targets import ScoreFn, TargetSpec, resolve
@@ -190,6 +191,7 @@ def explain(
     seed: int = 0,
     aug_smooth: bool = False,
     fusion: str = "mean",
+    eigen_smooth: bool = False,
     **options: Any,
 ) -> Explanation:
     """Explain ``model``'s output on ``x`` with one or more methods, from one forward pass.
@@ -209,6 +211,9 @@ def explain(
             back, for the classes chosen on the clean input; six passes instead of one.
         fusion: how several layers' maps become one (:func:`camkit.fusion.fuse`): ``"mean"``
             of the normalised maps or ``"layercam"`` (tanh-scaled maximum).
+        eigen_smooth: each map is the first principal component of its per-channel terms
+            (``α_k A^k``, or ``g·A`` per channel, ...) instead of their sum, for methods whose
+            map is a sum over the layer's channels (:attr:`Method.channel_terms`).
         **options: method options (each method receives those it declares).
 
     Example: two methods, two target classes per image, one forward and one backward pass.
@@ -224,9 +229,12 @@ def explain(
     """
     if aug_smooth:
         return _augmentation_smoothed(model, x, targets, methods, layer, reshape=reshape,
-                                      eval_mode=eval_mode, seed=seed, fusion=fusion, **options)
+                                      eval_mode=eval_mode, seed=seed, fusion=fusion,
+                                      eigen_smooth=eigen_smooth, **options)
     names = [methods] if isinstance(methods, str) else list(methods)
     chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
+    if eigen_smooth:
+        check_channel_terms(chosen, registry.available_methods())
     per_method_options = check_options(chosen, options)
     check_fusion(fusion)
     inputs = as_inputs(x)
@@ -242,7 +250,7 @@ def explain(
         scores = _checked_scores(score_fn, cap.outputs, inputs[0].shape[0])
         passes = _layer_passes(model, layers, inputs, cap, score_fn, scores, needs, reshape, seed)
         del cap
-        raw = [{m.name: m.compute(layer_pass, **opts).float()
+        raw = [{m.name: _raw_map(m, layer_pass, opts, eigen_smooth)
                 for m, opts in zip(chosen, per_method_options, strict=True)}
                for layer_pass in passes]
     per_layer = {p.layer_name: _explanation(chosen, r, p, score_fn.indices)
@@ -312,6 +320,13 @@ def _fused(per_layer: dict[str, Explanation], fusion: str) -> Explanation:
     details = {name: e.details for name, e in per_layer.items()}
     return Explanation(maps, raw, constant, first.targets, first.scores, first.outputs,
                        "+".join(per_layer), details, per_layer)
+
+
+def _raw_map(method: Method, layer_pass: LayerPass, options: dict[str, Any],
+             eigen_smooth: bool) -> Tensor:
+    if eigen_smooth:
+        return eigen_smoothed(method, layer_pass, options)
+    return method.compute(layer_pass, **options).float()
 
 
 # Test-time augmentations of aug_smooth: (horizontal flip, brightness factor), clean first.

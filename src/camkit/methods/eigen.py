@@ -10,11 +10,14 @@ in the 2021 baselines).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ..capture import LayerPass
-from .registry import GRADIENTS, Method, register
+from .registry import GRADIENTS, Method, get_method, register
 
 
 def principal_projection(features: Tensor) -> Tensor:
@@ -108,6 +111,23 @@ def kpcacam(activations: Tensor, n_targets: int, kernel: str = "sigmoid",
     projection = kernel_principal_projection(activations.flatten(2).transpose(1, 2), kernel,
                                              gamma)
     return projection.reshape(b, 1, h, w).expand(-1, n_targets, -1, -1)
+
+
+def eigen_smoothed(method: Method, layer_pass: LayerPass, options: dict[str, Any]) -> Tensor:
+    """``eigen_smooth`` (pytorch-grad-cam's option): the first principal component of the
+    method's channel terms ``(B, K, C, h, w)`` instead of their sum → ``(B, K, h, w)``."""
+    assert method.channel_terms is not None
+    terms = method.channel_terms(layer_pass, **options).float()
+    return eigen_map(terms.flatten(0, 1)).unflatten(0, terms.shape[:2])
+
+
+def check_channel_terms(methods: list[Method], available: Iterable[str]) -> None:
+    """A clear error when one of ``methods`` has no channel terms for ``eigen_smooth``."""
+    without = [m.name for m in methods if m.channel_terms is None]
+    if without:
+        having = [n for n in available if get_method(n).channel_terms is not None]
+        raise ValueError(f"eigen_smooth needs maps that are sums over the layer's channels; "
+                         f"{without} are not (these are: {having})")
 
 
 def _check(sign_correction: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..capture import LayerPass
-from .gradient import weighted_sum
+from .gradient import channel_terms, weighted_sum
 from .registry import Method, register
 
 
@@ -29,14 +29,24 @@ def fem(activations: Tensor, n_targets: int, k: float = 2.0) -> Tensor:
     return weighted_sum(weights, activations)
 
 
-def _fem(layer_pass: LayerPass, k: float = 2.0) -> Tensor:
+def _checked(k: float) -> float:
     if isinstance(k, bool) or not isinstance(k, (int, float)):
         raise TypeError(f"k must be a number of standard deviations, got {k!r}")
-    return fem(layer_pass.activations, layer_pass.scores.shape[1], float(k))
+    return float(k)
+
+
+def _fem(layer_pass: LayerPass, k: float = 2.0) -> Tensor:
+    return fem(layer_pass.activations, layer_pass.scores.shape[1], _checked(k))
+
+
+def _terms(layer_pass: LayerPass, k: float = 2.0) -> Tensor:
+    weights = fem_weights(layer_pass.activations, _checked(k))[:, None]
+    return channel_terms(weights.expand(-1, layer_pass.scores.shape[1], -1),
+                         layer_pass.activations)
 
 
 register(Method(
     "fem", "channels weighted by how often they exceed their mean by k standard deviations",
     "Fuad et al., Features Understanding in 3D CNNs for Actions Recognition in Video, "
-    "IPTA 2020", _fem, options=("k",), maths=(fem, fem_weights),
+    "IPTA 2020", _fem, options=("k",), maths=(fem, fem_weights), channel_terms=_terms,
 ))

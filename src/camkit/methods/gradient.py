@@ -7,6 +7,8 @@ before ReLU, upsampling and normalisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -21,9 +23,14 @@ def weighted_sum(weights: Tensor, activations: Tensor) -> Tensor:
     return torch.einsum("bkc,bchw->bkhw", weights.to(activations.dtype), activations)
 
 
+def gradcam_weights(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM channel weights ``(B, K, C)``: the spatial mean of the gradient."""
+    return gradients.mean(dim=(-2, -1))
+
+
 def gradcam(activations: Tensor, gradients: Tensor) -> Tensor:
     """Grad-CAM (Selvaraju et al. 2017, eqs. 1-2): ``α^c_k = (1/Z) Σ_ij ∂s_c/∂A^k_ij``."""
-    return weighted_sum(gradients.mean(dim=(-2, -1)), activations)
+    return weighted_sum(gradcam_weights(activations, gradients), activations)
 
 
 def gradcam_plus_plus_alpha(activations: Tensor, gradients: Tensor) -> Tensor:
@@ -46,36 +53,75 @@ def positive_gradient_weights(alpha: Tensor, gradients: Tensor) -> Tensor:
     return (alpha * gradients.clamp(min=0)).sum(dim=(-2, -1))
 
 
+def gradcam_plus_plus_weights(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM++ channel weights ``(B, K, C)`` from :func:`gradcam_plus_plus_alpha`."""
+    alpha = gradcam_plus_plus_alpha(activations, gradients)
+    return positive_gradient_weights(alpha, gradients)
+
+
 def gradcam_plus_plus(activations: Tensor, gradients: Tensor) -> Tensor:
     """Grad-CAM++ map ``Σ_k w_k A^k`` with :func:`gradcam_plus_plus_alpha` and
     :func:`positive_gradient_weights`."""
-    alpha = gradcam_plus_plus_alpha(activations, gradients)
-    return weighted_sum(positive_gradient_weights(alpha, gradients), activations)
+    return weighted_sum(gradcam_plus_plus_weights(activations, gradients), activations)
+
+
+def xgradcam_weights(activations: Tensor, gradients: Tensor) -> Tensor:
+    """XGrad-CAM channel weights ``(B, K, C)``: gradients averaged with activation shares."""
+    share = activations / (activations.sum(dim=(-2, -1), keepdim=True) + EPS)
+    return (share[:, None] * gradients).sum(dim=(-2, -1))
 
 
 def xgradcam(activations: Tensor, gradients: Tensor) -> Tensor:
     """XGrad-CAM (Fu et al. 2020, eq. 13): ``α_k = Σ_ij (A^k_ij / Σ_ab A^k_ab) ∂s/∂A^k_ij``."""
-    share = activations / (activations.sum(dim=(-2, -1), keepdim=True) + EPS)
-    return weighted_sum((share[:, None] * gradients).sum(dim=(-2, -1)), activations)
+    return weighted_sum(xgradcam_weights(activations, gradients), activations)
 
 
 def layercam(activations: Tensor, gradients: Tensor) -> Tensor:
     """Layer-CAM (Jiang et al. 2021, eqs. 5-6): ``Σ_k ReLU(∂s/∂A^k_ij) · A^k_ij`` per position."""
-    return (gradients.clamp(min=0) * activations[:, None]).sum(dim=2)
+    return layercam_terms(activations, gradients).sum(dim=2)
+
+
+def layercam_terms(activations: Tensor, gradients: Tensor) -> Tensor:
+    """``ReLU(g) · A`` per channel, ``(B, K, C, h, w)``."""
+    return gradients.clamp(min=0) * activations[:, None]
 
 
 def hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
     """HiRes-CAM (Draelos & Carin 2020): ``Σ_k ∂s/∂A^k_ij · A^k_ij`` (no spatial averaging)."""
-    return (gradients * activations[:, None]).sum(dim=2)
+    return hirescam_terms(activations, gradients).sum(dim=2)
+
+
+def hirescam_terms(activations: Tensor, gradients: Tensor) -> Tensor:
+    """``g · A`` per channel, ``(B, K, C, h, w)``."""
+    return gradients * activations[:, None]
 
 
 def gradcam_elementwise(activations: Tensor, gradients: Tensor) -> Tensor:
     """Grad-CAM element-wise (pytorch-grad-cam's variant of HiRes-CAM):
     ``Σ_k ReLU(∂s/∂A^k_ij · A^k_ij)``, the ReLU taken per channel before the sum."""
-    return (gradients * activations[:, None]).clamp(min=0).sum(dim=2)
+    return hirescam_terms(activations, gradients).clamp(min=0).sum(dim=2)
 
 
-def _on_pass(function):  # type: ignore[no-untyped-def]
+def channel_terms(weights: Tensor, activations: Tensor) -> Tensor:
+    """The per-channel terms ``α_k A^k`` ``(B, K, C, h, w)`` of :func:`weighted_sum` (what
+    ``eigen_smooth`` decomposes instead of summing them)."""
+    return weights[..., None, None].to(activations.dtype) * activations[:, None]
+
+
+Pair = Callable[[Tensor, Tensor], Tensor]  # (activations, gradients) -> a tensor
+
+# Each method's per-channel terms, whose sum over channels is its map.
+TERMS: dict[Pair, Pair] = {
+    gradcam: lambda a, g: channel_terms(gradcam_weights(a, g), a),
+    gradcam_plus_plus: lambda a, g: channel_terms(gradcam_plus_plus_weights(a, g), a),
+    xgradcam: lambda a, g: channel_terms(xgradcam_weights(a, g), a),
+    layercam: layercam_terms,
+    hirescam: hirescam_terms,
+    gradcam_elementwise: lambda a, g: hirescam_terms(a, g).clamp(min=0),
+}
+
+
+def _on_pass(function: Pair) -> Callable[[LayerPass], Tensor]:
     def compute(layer_pass: LayerPass) -> Tensor:
         return function(layer_pass.activations, layer_pass.layer_gradients)
 
@@ -98,4 +144,4 @@ for _name, _function, _summary, _paper in [
      "pytorch-grad-cam's GradCAMElementWise (HiRes-CAM with a ReLU per channel)"),
 ]:
     register(Method(_name, _summary, _paper, _on_pass(_function), frozenset({GRADIENTS}),
-                    maths=(_function,)))
+                    maths=(_function,), channel_terms=_on_pass(TERMS[_function])))

@@ -29,7 +29,9 @@ class Method:
     method only the options it declares. ``maths`` are the pure functions that hold the
     method's equations (their docstrings state them, with shapes); ``example`` is a doctest
     of the method's class when the generic one cannot run (a method that needs a trained
-    artefact), with ``model`` and ``x`` given.
+    artefact), with ``model`` and ``x`` given. ``channel_terms(layer_pass, **options)``, for a
+    map that is a sum over the layer's channels, returns the ``(B, K, C, h, w)`` terms of that
+    sum (``eigen_smooth`` takes their first principal component instead).
     """
 
     name: str
@@ -42,6 +44,7 @@ class Method:
     relu: bool = True
     maths: tuple[Callable[..., Any], ...] = ()
     example: str = ""
+    channel_terms: Callable[..., Tensor] | None = None
 
 
 _METHODS: dict[str, Method] = {}

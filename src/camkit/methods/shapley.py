@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..capture import LayerPass
-from .gradient import weighted_sum
+from .gradient import channel_terms, weighted_sum
 from .registry import Method, register
 
 
@@ -30,14 +30,22 @@ def shapleycam(activations: Tensor, gradients: Tensor, hessian_products: Tensor)
     return weighted_sum(shapley_weights(gradients, hessian_products), activations)
 
 
-def _shapleycam(layer_pass: LayerPass) -> Tensor:
+def _weights(layer_pass: LayerPass) -> Tensor:
     rows = torch.arange(len(layer_pass.inputs[0]), device=layer_pass.inputs[0].device)
     gradients, products = layer_pass.gradients_at(layer_pass.inputs, rows, hessian=True)
-    return shapleycam(layer_pass.activations, gradients, products)
+    return shapley_weights(gradients, products)
+
+
+def _shapleycam(layer_pass: LayerPass) -> Tensor:
+    return weighted_sum(_weights(layer_pass), layer_pass.activations)
+
+
+def _terms(layer_pass: LayerPass) -> Tensor:
+    return channel_terms(_weights(layer_pass), layer_pass.activations)
 
 
 register(Method(
     "shapleycam", "channels weighted by gradients corrected with the Hessian (Shapley values)",
     "Cai, CAMs as Shapley Value-based Explainers, 2025 (arXiv:2501.06261)", _shapleycam,
-    maths=(shapleycam, shapley_weights),
+    maths=(shapleycam, shapley_weights), channel_terms=_terms,
 ))

@@ -10,13 +10,15 @@ size. The activations of the clean input carry the map.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from ..capture import LayerPass
 from ..capture.batches import BATCH_OPTIONS, DEFAULT_MAX_BATCH_MEMORY, Batching, forward_bytes
 from ..progress import Progress
-from .gradient import weighted_sum
+from .gradient import channel_terms, weighted_sum
 from .registry import Method, register
 
 # A forward and a backward pass from the layer hold about twice a forward pass's memory.
@@ -72,22 +74,36 @@ def noisy_gradient_moments(layer_pass: LayerPass, num_samples: int, noise_std: f
     return sums / num_samples
 
 
-def _smoothgradcampp(layer_pass: LayerPass, num_samples: int = 4, noise_std: float = 0.3,
-                     batch_size: int | None = None,
-                     max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
-                     progress: bool | None = None) -> Tensor:
+def _weights(layer_pass: LayerPass, num_samples: int = 4, noise_std: float = 0.3,
+             batch_size: int | None = None, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+             progress: bool | None = None) -> Tensor:
+    """SmoothGrad-CAM++'s ``(B, K, C)`` weights on the pass (the options of the method)."""
     if not (isinstance(num_samples, int) and num_samples >= 1):
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if not noise_std >= 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
     batching = Batching(batch_size, max_batch_memory, progress)
     moments = noisy_gradient_moments(layer_pass, num_samples, noise_std, batching)
-    return smooth_gradcam_plus_plus(layer_pass.activations, moments)
+    return smooth_gradcam_plus_plus_weights(layer_pass.activations, moments)
+
+
+def _smoothgradcampp(layer_pass: LayerPass, num_samples: int = 4, noise_std: float = 0.3,
+                     batch_size: int | None = None,
+                     max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+                     progress: bool | None = None) -> Tensor:
+    weights = _weights(layer_pass, num_samples, noise_std, batch_size, max_batch_memory,
+                       progress)
+    return weighted_sum(weights, layer_pass.activations)
+
+
+def _terms(layer_pass: LayerPass, **options: Any) -> Tensor:
+    return channel_terms(_weights(layer_pass, **options), layer_pass.activations)
 
 
 register(Method(
     "smoothgradcam++", "Grad-CAM++ with gradient powers averaged over noisy inputs",
     "Omeiza et al., Smooth Grad-CAM++, 2019 (arXiv:1908.01224)", _smoothgradcampp,
+    channel_terms=_terms,
     options=("num_samples", "noise_std", *BATCH_OPTIONS),
     maths=(smooth_gradcam_plus_plus, smooth_gradcam_plus_plus_weights),
 ))
