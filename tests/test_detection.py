@@ -111,6 +111,10 @@ def test_methods_that_need_class_scores_say_so(detector: FasterRCNN, image: Tens
                        layer="backbone.2")
     with pytest.raises(TypeError, match="BoxScoreTarget"):
         camkit.explain(detector, image, None, "gradcam", layer="backbone.2")
+    with pytest.raises(ValueError, match="K >= 1"):
+        BoxScoreTarget(torch.zeros(0, 4), torch.zeros(0))
+    with pytest.raises(ValueError, match="labels must"):
+        BoxScoreTarget(boxes, labels[None])
 
 
 @pytest.mark.parametrize(("name", "layer"), [

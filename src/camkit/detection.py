@@ -53,6 +53,15 @@ class BoxScoreTarget(Target):
     iou_threshold: float = 0.5
     add_iou: bool = False
 
+    def __post_init__(self) -> None:
+        boxes, labels = torch.as_tensor(self.boxes), torch.as_tensor(self.labels)
+        if boxes.dim() not in (2, 3) or boxes.shape[-1] != 4 or boxes.shape[-2] == 0:
+            raise ValueError(f"boxes must be (K, 4) or (B, K, 4) with K >= 1, got "
+                             f"{tuple(boxes.shape)}")
+        if labels.shape != boxes.shape[:-1]:
+            raise ValueError(f"labels must have the boxes' shape without the last dimension, "
+                             f"{tuple(boxes.shape[:-1])}; got {tuple(labels.shape)}")
+
     def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
         detections = detections_of(outputs)
         boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
