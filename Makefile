@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP) $(CHROMEDRIVER) $(FASHION_MNIST)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 # The report's browser test drives Debian's Chromium through its chromedriver (the

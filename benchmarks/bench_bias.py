@@ -37,9 +37,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from camkit.data.files import evaluation_data
 from camkit.data.mosaic import ImageNetGrid, MosaicMultiLabel, fashion_pool
 from camkit.data.synthetic import SyntheticMultiLabel
-from camkit.evaluate import METRICS, Results, data_from_spec, evaluate
+from camkit.evaluate import METRICS, EvaluationResults, evaluate
 from camkit.memory import layer_features, mean_average_precision, train_memory
 from camkit.zoo import imagenet_classes, load_model
 from common import THREADS, machine, update_marked_section
@@ -131,7 +132,7 @@ SPLITS: dict[str, Callable[[int, Settings], tuple[Dataset, Dataset]]] = {
     "synthetic": synthetic_splits, "fashion-mosaic": fashion_splits}
 
 
-def bias_run(kind: str, seed: int, s: Settings) -> tuple[Results, dict[str, float]]:
+def bias_run(kind: str, seed: int, s: Settings) -> tuple[EvaluationResults, dict[str, float]]:
     """One seed of one data set: train the CNN and the memory, evaluate every method."""
     train, test = SPLITS[kind](seed, s)
     x, y = stacked(train)
@@ -172,16 +173,16 @@ def bias_part(kind: str, s: Settings, out: Path) -> dict[str, Any]:
         runs.append(results)
         qualities.append(quality)
         print(f"{kind} seed {seed}: {quality}", flush=True)
-    combined = Results.combine(runs, [f"seed {i}" for i in range(s.seeds)])
+    combined = EvaluationResults.combine(runs, [f"seed {i}" for i in range(s.seeds)])
     combined.save(out / kind)
     return {"results": combined, "quality": qualities, "constant": constant_share(runs)}
 
 
-def pretrained_part(s: Settings, out: Path) -> dict[str, Results]:
+def pretrained_part(s: Settings, out: Path) -> dict[str, EvaluationResults]:
     """EfficientNet-Lite0: grid pointing on ImageNet grid mosaics, box and mask on the quokka."""
     loaded = load_model("efficientnet-lite0")
     grids = ImageNetGrid(s.grids, loaded.preprocess, seed=0, class_names=imagenet_classes())
-    quokka, _ = data_from_spec("quokka", loaded)
+    quokka, _ = evaluation_data("quokka", loaded.preprocess, loaded.class_names)
     parts = {
         "imagenet-grid": evaluate(loaded.model, grids, CLASSIC, ["grid-pointing"], loaded.layer,
                                   targets="label", confidence="softmax",
@@ -199,7 +200,7 @@ def pretrained_part(s: Settings, out: Path) -> dict[str, Results]:
 # The Markdown section
 
 
-def _cell(results: Results, method: str, metric: str, spread: str) -> str:
+def _cell(results: EvaluationResults, method: str, metric: str, spread: str) -> str:
     """``mean ± spread``: ``"ci"`` the 95 % half-width, ``"sd"`` the standard deviation."""
     s = results.summary(method, metric)
     values = results.values[method][metric]
@@ -212,13 +213,13 @@ def _cell(results: Results, method: str, metric: str, spread: str) -> str:
     return f"{s.mean:.3g} ± {half:.2g}"
 
 
-def constant_share(runs: Sequence[Results]) -> dict[str, float]:
+def constant_share(runs: Sequence[EvaluationResults]) -> dict[str, float]:
     """Per method, the share of its maps over ``runs`` that came out constant (all zero)."""
     return {m: sum(r.constant[m] for r in runs) / max(1, sum(len(r.pairs[m]) for r in runs))
             for m in runs[0].methods}
 
 
-def table(results: Results, constant: dict[str, float], spread: str = "ci") -> list[str]:
+def table(results: EvaluationResults, constant: dict[str, float], spread: str = "ci") -> list[str]:
     """Methods × metrics (mean ± :func:`_cell`'s ``spread``), explanation milliseconds per
     image and the share of maps that came out constant (:func:`constant_share`)."""
     head = [f"{m} {'↑' if METRICS[m].higher_is_better else '↓'}" for m in results.metrics]
@@ -232,7 +233,7 @@ def table(results: Results, constant: dict[str, float], spread: str = "ci") -> l
     return lines
 
 
-def ranking(results: Results, method: str = "mcam") -> list[str]:
+def ranking(results: EvaluationResults, method: str = "mcam") -> list[str]:
     """Per metric: ``method``'s rank among all methods and the best method."""
     lines = []
     for metric in results.metrics:
@@ -254,7 +255,7 @@ def quality_line(qualities: Sequence[dict[str, float]]) -> str:
             f"Training: CNN {mean('cnn_training_s')} s, memory {mean('memory_training_s')} s.")
 
 
-def markdown(bias: dict[str, dict[str, Any]], pretrained: dict[str, Results], s: Settings,
+def markdown(bias: dict[str, dict[str, Any]], pretrained: dict[str, EvaluationResults], s: Settings,
              command: str, wall: float, loads: tuple[float, float]) -> str:
     lines = ["## The bias benchmark (M-CAM against the classic methods)", "",
              f"Command: `{command}`; whole run {wall / 60:.1f} min on {machine()}; load "

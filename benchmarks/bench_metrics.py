@@ -14,7 +14,8 @@ import statistics
 import torch
 
 import camkit
-from camkit.evaluate import DEFAULT_METRICS, data_from_spec, evaluate
+from camkit.data.files import evaluation_data
+from camkit.evaluate import DEFAULT_METRICS, evaluate
 from camkit.zoo import load_model
 from common import Row, interleaved_samples, median_time, paired_ratio, row, settings, setup
 
@@ -59,7 +60,7 @@ DESCRIPTIONS = {
 
 def images(n: int) -> tuple[torch.nn.Module, str, list[dict], torch.Tensor]:
     loaded = load_model("efficientnet-lite0")
-    data, _ = data_from_spec("imagenet-samples", loaded)
+    data, _ = evaluation_data("imagenet-samples", loaded.preprocess, loaded.class_names)
     items = [{"image": data[i]["image"], "name": data[i]["name"]} for i in range(n)]
     return loaded.model, loaded.layer, items, torch.stack([it["image"] for it in items])
 

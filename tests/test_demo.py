@@ -17,7 +17,7 @@ from camkit.artifacts import write_safetensors
 from camkit.cli import demo as demo_command
 from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.embedding import squared_distances
-from tests.test_report import Page, decode
+from tests.viz.report.test_report import Page, decode
 
 MCAM = demo.McamSettings(train=200, test=24, width=8, steps=30, memory_epochs=2)
 EMBEDDING = demo.EmbeddingSettings(train=60, test=30, width=8, dim=8, steps=20, triplets=5,

@@ -15,7 +15,7 @@ METHOD_CLASSES = [name for name in camkit.__all__
                   if inspect.isclass(getattr(camkit, name))
                   and issubclass(getattr(camkit, name), camkit.CAMMethod)
                   and getattr(camkit, name) is not camkit.CAMMethod]
-DOCUMENTED = [camkit.explain, *(getattr(camkit, n) for n in METHOD_CLASSES)]
+DOCUMENTED = [camkit.explain, camkit.evaluate, *(getattr(camkit, n) for n in METHOD_CLASSES)]
 
 
 def test_every_registered_method_has_a_class() -> None:

@@ -1,87 +1,59 @@
-"""Classifier-head targets: softmax, sigmoid, one-logit binary heads and raw scores, each
-against its formula and through ``camkit.explain`` against a hand-written score function."""
+"""Finer-CAM's comparison target against a literal per-image computation, its identities
+(``alpha=0`` is the class score, so Finer-CAM with it is Grad-CAM), and its binding for
+methods that re-score perturbed inputs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
 
 import camkit
-from camkit.targets import (
-    BinaryClassifierOutputTarget,
-    ClassifierOutputSigmoidTarget,
-    ClassifierOutputSoftmaxTarget,
-    RawScoresOutputTarget,
-    resolve,
-)
-from tests.models import TinyDeepHead
+from camkit.targets import Finer
+
+TOL = dict(atol=1e-5, rtol=1e-5)
 
 
-class OneLogit(nn.Module):
-    """TinyDeepHead with one output, squeezed to ``(B,)``: a binary classifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(6)
-        self.net = TinyDeepHead(classes=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)[:, 0]
-
-
-@pytest.fixture
-def logits() -> Tensor:
-    return torch.randn(3, 5, generator=torch.Generator().manual_seed(7))
+def slow_finer(logits: torch.Tensor, ranks, alpha: float) -> torch.Tensor:
+    """Per image: sort the other classes by |y_j − y_c| (c = top-1), weight the gaps."""
+    scores = []
+    for y in logits:
+        c, values = int(y.argmax()), y.detach().tolist()
+        others = sorted((j for j in range(len(y)) if j != c),
+                        key=lambda j, v=values, c=c: abs(v[j] - v[c]))
+        compared = [others[r - 1] for r in ranks]
+        p = y.softmax(dim=0)
+        numerator = sum(p[j] * (y[c] - alpha * y[j]) for j in compared)
+        scores.append(numerator / sum(p[j] for j in compared))
+    return torch.stack(scores)[:, None]
 
 
-def test_softmax_and_sigmoid_read_probabilities(logits: Tensor) -> None:
-    softmax = resolve(ClassifierOutputSoftmaxTarget([[1, 4], [0, 0], [2, 3]]), logits, 3)
-    torch.testing.assert_close(
-        softmax.score(logits), logits.softmax(1).gather(1, torch.tensor([[1, 4], [0, 0], [2, 3]])))
-    sigmoid = resolve(ClassifierOutputSigmoidTarget(2), logits, 3)
-    torch.testing.assert_close(sigmoid.score(logits), logits[:, 2:3].sigmoid())
-    assert sigmoid.indices.tolist() == [[2], [2], [2]]
+def test_finer_scores_match_a_literal_computation():
+    logits = torch.randn(4, 9, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(Finer().scores(logits), slow_finer(logits, (1, 2, 3), 1.0), **TOL)
+    torch.testing.assert_close(Finer(ranks=(1, 4), alpha=0.5).scores(logits),
+                               slow_finer(logits, (1, 4), 0.5), **TOL)
 
 
-def test_predicted_class_and_fixed_indices_under_perturbation(logits: Tensor) -> None:
-    score_fn = resolve(ClassifierOutputSoftmaxTarget(), logits, 3)
-    assert score_fn.indices[:, 0].tolist() == logits.argmax(1).tolist()
-    other = torch.randn(2, 5)
-    rows = torch.tensor([2, 0])
-    expected = other.softmax(1).gather(1, score_fn.indices[rows])
-    torch.testing.assert_close(score_fn.score(other, rows), expected)
+def test_finer_cam_gradients_match_autograd_of_the_literal_score(deep, images):
+    expl = camkit.explain(deep, images, Finer(), "gradcam", "body")
+    acts = deep.body(images).detach().requires_grad_(True)
+    (grads,) = torch.autograd.grad(slow_finer(deep.head(acts), (1, 2, 3), 1.0).sum(), acts)
+    expected = torch.einsum("bc,bchw->bhw", grads.mean(dim=(2, 3)), acts.detach())
+    torch.testing.assert_close(expl.raw["gradcam"][:, 0], expected, **TOL)
 
 
-def test_binary_head_scores_the_logit_or_its_negation() -> None:
-    z = torch.tensor([1.5, -0.5, 0.25])
-    predicted = resolve(BinaryClassifierOutputTarget(), z, 3)
-    assert predicted.indices[:, 0].tolist() == [1, 0, 1]
-    torch.testing.assert_close(predicted.score(z)[:, 0], z.abs())
-    negative = resolve(BinaryClassifierOutputTarget(0), z[:, None], 3)
-    torch.testing.assert_close(negative.score(z[:, None])[:, 0], -z)
-    with pytest.raises(ValueError, match="one logit per image"):
-        resolve(BinaryClassifierOutputTarget(), torch.randn(3, 2), 3)
+def test_alpha_zero_is_the_class_score_and_finer_cam_is_gradcam(deep, images):
+    finer = camkit.explain(deep, images, Finer(alpha=0.0), "gradcam", "body")
+    plain = camkit.explain(deep, images, None, "gradcam", "body")
+    torch.testing.assert_close(finer.scores, plain.scores, **TOL)
+    torch.testing.assert_close(finer.raw["gradcam"], plain.raw["gradcam"], **TOL)
 
 
-def test_raw_scores_are_the_output_columns(logits: Tensor) -> None:
-    torch.testing.assert_close(RawScoresOutputTarget().scores(logits), logits)
-    torch.testing.assert_close(RawScoresOutputTarget().scores(logits[:, 0]), logits[:, :1])
-
-
-def test_binary_gradcam_matches_a_hand_written_score(images: Tensor) -> None:
-    model = OneLogit().eval()
-    ours = camkit.explain(model, images, BinaryClassifierOutputTarget(0), "gradcam",
-                          layer="net.body")
-    by_hand = camkit.explain(model, images, lambda z: -z, "gradcam", layer="net.body")
-    torch.testing.assert_close(ours["gradcam"], by_hand["gradcam"])
-    assert ours.targets.tolist() == [[0]] * images.shape[0]
-
-
-def test_softmax_gradcam_matches_a_hand_written_score(deep: nn.Module, images: Tensor) -> None:
-    ours = camkit.explain(deep, images, ClassifierOutputSoftmaxTarget([[0, 3]] * 3),
-                          ["gradcam", "ablationcam"], layer="body")
-    by_hand = camkit.explain(deep, images, lambda z: z.softmax(1)[:, [0, 3]],
-                             ["gradcam", "ablationcam"], layer="body")
-    for method in ours:
-        torch.testing.assert_close(ours[method], by_hand[method])
+def test_perturbation_methods_need_the_classes_bound(tiny, images):
+    with pytest.raises(ValueError, match="bound"):
+        camkit.explain(tiny, images, Finer(ranks=(1,)), "occlusion", "features", window=4,
+                       fill=0.0)
+    bound = Finer(ranks=(1,)).bound(tiny(images))
+    expl = camkit.explain(tiny, images, bound, "occlusion", "features", window=4)
+    torch.testing.assert_close(expl.scores, Finer(ranks=(1,)).scores(tiny(images)).detach(),
+                               **TOL)

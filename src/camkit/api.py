@@ -64,6 +64,14 @@ class Explanation(Mapping[str, Tensor]):
     def __len__(self) -> int:
         return len(self.maps)
 
+    @property
+    def classes(self) -> Tensor:
+        """:attr:`targets` where they must be class indices: ``(B, K)``, or a ``ValueError``
+        for an explanation of custom score targets."""
+        if self.targets is None:
+            raise ValueError("these maps explain custom score targets, not classes")
+        return self.targets
+
     def numpy(self, method: str) -> np.ndarray:
         """``expl[method]`` as a float32 numpy array on the CPU."""
         return self[method].detach().cpu().numpy()
@@ -82,11 +90,14 @@ def as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     first = inputs[0]
     if first.dim() == 3:
         inputs = tuple(t.unsqueeze(0) for t in inputs)
+        first = inputs[0]
     elif first.dim() != 4:
         raise ValueError(
             f"x must be an image batch (B, C, H, W) or one image (C, H, W); got shape "
             f"{tuple(first.shape)}"
         )
+    if first.shape[0] == 0:
+        raise ValueError("x holds no images (a batch of 0); pass at least one image")
     for t in inputs:
         if t.is_floating_point() and _not_finite(t):
             raise ValueError("x contains NaN or infinite values; clean the input first")
@@ -155,11 +166,16 @@ def _layer_layout_inverse(raw: Tensor, spatial: Tensor) -> Reshape:
     return unsupported
 
 
+def _spatial(grads: Tensor, reshape: Reshape | None) -> Tensor:
+    """Layer-layout gradients ``(B, K, ...)`` → ``(B, K, C, h, w)`` float32, spatial layout."""
+    spatial = to_spatial(grads.flatten(0, 1), reshape)
+    return spatial.unflatten(0, grads.shape[:2]).float()
+
+
 def _gradients(scores: Tensor, wrt: tuple[Tensor, ...], reshape: Reshape | None) -> list[Tensor]:
     """``(B, K, C, h, w)`` float32 gradients of ``scores`` at each layer, in spatial layout,
     from one backward pass."""
-    return [to_spatial(grads.flatten(0, 1), reshape).unflatten(0, grads.shape[:2]).float()
-            for grads in capture.batched_grads(scores, wrt)]
+    return [_spatial(grads, reshape) for grads in capture.batched_grads(scores, wrt)]
 
 
 def explain(
@@ -172,6 +188,7 @@ def explain(
     reshape: Reshape | None = None,
     eval_mode: bool = True,
     seed: int = 0,
+    aug_smooth: bool = False,
     fusion: str = "mean",
     **options: Any,
 ) -> Explanation:
@@ -187,6 +204,9 @@ def explain(
         reshape: maps the layer output to ``(B, C, h, w)`` when it cannot be inferred.
         eval_mode: run the model in eval mode for the call (its flags are restored).
         seed: seeds the generator of stochastic methods.
+        aug_smooth: average each method's maps over the test-time augmentations of
+            :data:`AUGMENTATIONS` (horizontal flip × brightness 0.9, 1, 1.1), each map flipped
+            back, for the classes chosen on the clean input; six passes instead of one.
         fusion: how several layers' maps become one (:func:`camkit.fusion.fuse`): ``"mean"``
             of the normalised maps or ``"layercam"`` (tanh-scaled maximum).
         **options: method options (each method receives those it declares).
@@ -202,6 +222,9 @@ def explain(
     >>> list(expl), tuple(expl["gradcam"].shape), expl.targets.tolist()
     (['gradcam', 'layercam'], (2, 2, 32, 32), [[0, 3], [1, 2]])
     """
+    if aug_smooth:
+        return _augmentation_smoothed(model, x, targets, methods, layer, reshape=reshape,
+                                      eval_mode=eval_mode, seed=seed, fusion=fusion, **options)
     names = [methods] if isinstance(methods, str) else list(methods)
     chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
     per_method_options = check_options(chosen, options)
@@ -240,7 +263,7 @@ def _layer_passes(
     gradients: list[Tensor | None] = (
         list(_gradients(scores, cap.activations, reshape)) if GRADIENTS in needs
         else [None] * len(layers))
-    input_gradients = (capture.batched_grad(scores, cap.inputs[0], guided=True).float()
+    input_gradients = (capture.batched_grad(scores, cap.inputs[0], cap.guided).float()
                        if INPUT_GRADIENTS in needs else None)
     outputs, device = _detached(cap.outputs), inputs[0].device
     return [
@@ -261,6 +284,8 @@ def _layer_passes(
             input_size=(inputs[0].shape[-2], inputs[0].shape[-1]),
             generator=torch.Generator(device=device).manual_seed(seed),
             score_outputs=score_fn.score,
+            gradients_for_inputs=capture.layer_gradients_for_inputs(
+                model, module, call, score_fn, lambda grads: _spatial(grads, reshape)),
         )
         for (name, module), act, spatial, grads, call in zip(
             layers.items(), cap.activations, activations, gradients, cap.calls, strict=True)
@@ -287,6 +312,38 @@ def _fused(per_layer: dict[str, Explanation], fusion: str) -> Explanation:
     details = {name: e.details for name, e in per_layer.items()}
     return Explanation(maps, raw, constant, first.targets, first.scores, first.outputs,
                        "+".join(per_layer), details, per_layer)
+
+
+# Test-time augmentations of aug_smooth: (horizontal flip, brightness factor), clean first.
+AUGMENTATIONS = ((False, 1.0), (False, 0.9), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1))
+
+
+def _augmentation_smoothed(model: nn.Module, x: Tensor | Sequence[Tensor], targets: TargetSpec,
+                           methods: str | Sequence[str],
+                           layer: LayerSpec | Sequence[nn.Module | str], **settings: Any
+                           ) -> Explanation:
+    """``explain`` averaged over :data:`AUGMENTATIONS`: each augmented first input
+    ``flip(x) · factor`` is explained for the clean input's classes, its maps (and raw maps)
+    are flipped back, and the mean of the maps is min-max normalised again."""
+    inputs = as_inputs(x)
+    clean = explain(model, inputs, targets, methods, layer, **settings)
+    chosen = targets if clean.targets is None else clean.targets
+    runs = [clean]
+    for flip, factor in AUGMENTATIONS[1:]:
+        first = inputs[0].flip(-1) if flip else inputs[0]
+        expl = explain(model, (first * factor, *inputs[1:]), chosen, methods, layer, **settings)
+        if flip:
+            expl.maps = {name: m.flip(-1) for name, m in expl.maps.items()}
+            expl.raw = {name: m.flip(-1) for name, m in expl.raw.items()}
+        runs.append(expl)
+    maps, raw, constant = {}, {}, {}
+    for name in clean.maps:
+        mean = torch.stack([r.maps[name] for r in runs]).mean(dim=0)
+        maps[name], constant[name] = postprocess(mean, (mean.shape[-2], mean.shape[-1]), False)
+        raw[name] = torch.stack([r.raw[name] for r in runs]).mean(dim=0)
+    details = {**clean.details, "aug_smooth": {"augmentations": AUGMENTATIONS}}
+    return Explanation(maps, raw, constant, clean.targets, clean.scores, clean.outputs,
+                       clean.layer, details)
 
 
 def _checked_scores(score_fn: ScoreFn, outputs: Any, batch: int) -> Tensor:

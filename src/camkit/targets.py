@@ -131,6 +131,53 @@ class Similarity(Target):
         return F.cosine_similarity(emb.unsqueeze(1), ref, dim=-1)
 
 
+@dataclass(frozen=True)
+class Finer(Target):
+    """Finer-CAM's comparison target (Zhang et al., Finer-CAM, CVPR 2025, arXiv:2501.11309):
+    explain what sets the main class ``c`` apart from the classes most like it.
+
+    ``s = Σ_j p_j (y_c − α y_j) / Σ_j p_j`` over the comparison classes ``j``, the classes whose
+    logits are closest to ``y_c`` (``ranks`` 1, 2, 3 of ``|y_j − y_c|``: rank 0 is ``c``),
+    with ``p = softmax(y)``. ``main`` is one class for every image (``None``: each image's
+    top-1); ``alpha=0`` gives ``s = y_c``, the plain class score. Used with any method
+    (``camkit.explain(model, x, Finer(), ["gradcam"])`` is Finer-CAM). Methods that re-score
+    perturbed copies need the classes fixed on the clean output: pass
+    ``Finer().bound(model(x))``."""
+
+    ranks: tuple[int, ...] = (1, 2, 3)
+    alpha: float = 1.0
+    main: int | None = None
+    chosen: tuple[Tensor, Tensor] | None = None  # (B,) main and (B, J) comparison classes
+
+    def classes(self, outputs: Any) -> tuple[Tensor, Tensor]:
+        """The ``(B,)`` main and ``(B, J)`` comparison classes chosen on ``outputs``."""
+        logits = logits_of(outputs).detach()
+        if self.main is None:
+            main = logits.argmax(dim=1)
+        else:
+            main = torch.full((len(logits),), self.main, dtype=torch.long, device=logits.device)
+        distance = (logits - logits.gather(1, main[:, None])).abs()
+        distance.scatter_(1, main[:, None], -1.0)  # the main class ranks first, ties or not
+        return main, distance.argsort(dim=1)[:, list(self.ranks)]
+
+    def bound(self, outputs: Any) -> Finer:
+        """This target with its classes fixed on the clean ``outputs`` ``(B, n_classes)``."""
+        return Finer(self.ranks, self.alpha, self.main, self.classes(outputs))
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        if self.chosen is None and rows is not None:
+            raise ValueError("this method re-scores perturbed inputs: fix Finer's classes on "
+                             "the clean output first, targets=Finer().bound(model(x))")
+        main, compared = self.classes(outputs) if self.chosen is None else self.chosen
+        if rows is not None:
+            main, compared = main[rows.to(main.device)], compared[rows.to(compared.device)]
+        logits = logits_of(outputs)
+        probs = logits.softmax(dim=1).gather(1, compared)
+        gap = logits.gather(1, main[:, None]) - self.alpha * logits.gather(1, compared)
+        total = probs.sum(dim=1).clamp(min=torch.finfo(probs.dtype).tiny)
+        return ((probs * gap).sum(dim=1) / total)[:, None]
+
+
 ClassSpec = None | int | Sequence | Tensor  # the class forms of ``targets``
 
 
@@ -252,6 +299,9 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
         return ScoreFn(logits.argmax(dim=1, keepdim=True), None)
     if isinstance(targets, bool) or isinstance(targets, float):
         raise TypeError(f"targets must be class indices, got {targets!r}")
+    if _holds_text(targets):
+        raise TypeError(f"targets must be class indices, got the text {targets!r}; turn class "
+                        "names into indices with camkit.targets.class_index(name, class_names)")
     if isinstance(targets, int):
         indices = torch.full((batch, 1), targets, dtype=torch.long, device=logits.device)
     else:
@@ -264,6 +314,13 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
         if indices.dim() == 1:
             indices = indices.unsqueeze(1)
     return ScoreFn(_checked(indices.long(), logits.shape[1], batch), None)
+
+
+def _holds_text(targets: Any) -> bool:
+    """Whether ``targets`` is a string or a (nested) list or tuple holding one."""
+    if isinstance(targets, str):
+        return True
+    return isinstance(targets, (list, tuple)) and any(map(_holds_text, targets))
 
 
 def _checked(indices: Tensor, n_classes: int, batch: int) -> Tensor:

@@ -1,4 +1,5 @@
-"""Memory-bounded batches of model evaluations, shared by every perturbation method.
+"""Memory-bounded batches of model evaluations, shared by every perturbation method and by
+the metrics' re-scoring (:mod:`camkit.metrics.scoring`).
 
 DESIGN principle 5: a perturbation method counts the model evaluations it needs and spends
 nothing beyond them. It describes its work as ``n`` items (one evaluation each) and a function

@@ -1,5 +1,84 @@
-"""``camkit evaluate`` (moves here from camkit.evaluate when that package lands)."""
+"""``camkit evaluate``: score methods with metrics over a data set."""
 
-from camkit.evaluate import add_parser, run
+from __future__ import annotations
 
-__all__ = ["add_parser", "run"]
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from camkit.cli.arguments import (
+    add_data_argument,
+    add_methods_argument,
+    add_model_arguments,
+    add_progress_argument,
+    load_model,
+    names,
+)
+from camkit.data.files import EVALUATION_KINDS, evaluation_data
+from camkit.evaluate import DEFAULT_METRICS, METRICS, REGION_METRICS, evaluate
+from camkit.evaluate.report import write_evaluation_report
+
+
+def metrics_for(text: str, kinds: Sequence[str]) -> list[str]:
+    """The ``--metrics`` list; ``auto`` = :data:`~camkit.evaluate.DEFAULT_METRICS` and the
+    localisation metrics of the region kinds the data annotates."""
+    chosen = names(text)
+    if chosen != ["auto"]:
+        return chosen
+    return [*DEFAULT_METRICS, *(m for kind in kinds for m in REGION_METRICS[kind])]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``evaluate`` subcommand."""
+    ev = subparsers.add_parser(
+        "evaluate", help="score methods with metrics over a data set",
+        description="Explain every image with every method, score the maps with every metric "
+                    "and write a method × metric table (mean and 95 %% CI, time per image) as "
+                    "results.md, results.csv and results.json.")
+    add_data_argument(ev, EVALUATION_KINDS)
+    add_methods_argument(ev)
+    ev.add_argument("--metrics", default="auto",
+                    help=f"comma-separated from {', '.join(METRICS)}; auto: "
+                         f"{', '.join(DEFAULT_METRICS)} and the localisation metrics the data "
+                         "has regions for")
+    ev.add_argument("--out", default="runs/evaluate", help="output folder")
+    ev.add_argument("--report", default=None, metavar="HTML",
+                    help="also write a self-contained HTML report: the table, the first "
+                         "--report-images images explained by every method, the settings")
+    ev.add_argument("--report-images", type=int, default=4, metavar="N",
+                    help="images shown in the --report (default 4)")
+    add_model_arguments(ev)
+    ev.add_argument("--targets", default="auto", choices=("auto", "label", "predicted"))
+    ev.add_argument("--confidence", default="auto", choices=("auto", "softmax", "sigmoid",
+                                                             "logit"))
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--limit", type=int, default=None, help="only the first N images")
+    add_progress_argument(ev)
+    ev.set_defaults(run=run)
+    return ev
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``camkit evaluate``: the table to stdout, problems to stderr; exit status 1 when
+    some samples failed (their results are still written)."""
+    loaded = load_model(args)
+    data, kinds = evaluation_data(args.data, loaded.preprocess, loaded.class_names)
+    results = evaluate(
+        loaded.model, data, names(args.methods), metrics_for(args.metrics, kinds),
+        args.layer or loaded.layer,
+        targets=args.targets, confidence=None if args.confidence == "auto" else args.confidence,
+        batch_size=args.batch_size, seed=args.seed, limit=args.limit, progress=args.progress)
+    results.settings = {"data": args.data, "model": args.arch, **results.settings}
+    paths = results.save(args.out)
+    if args.report:
+        paths["html"] = write_evaluation_report(args.report, results, loaded.model, data,
+                                                args.layer or loaded.layer, loaded,
+                                                args.report_images)
+    print(results.to_markdown())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    for failure in results.failures:
+        print(f"camkit: {failure.sample}: {failure.method or ''} {failure.stage}: "
+              f"{failure.error}", file=sys.stderr)
+    return 1 if results.failures else 0

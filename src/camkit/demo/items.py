@@ -36,7 +36,7 @@ def multilabel_item(expl: api.Explanation, b: int, image: Tensor, name: str,
     """Image ``b`` of a multi-label explanation: per-class sigmoid probabilities."""
     probabilities = expl.outputs[b].detach().float().sigmoid()
     targets = [TargetRow(class_names[c], float(expl.scores[b, k]), float(probabilities[c]))
-               for k, c in enumerate(expl.targets[b].tolist())]
+               for k, c in enumerate(expl.classes[b].tolist())]
     ranked = [(class_names[c], float(probabilities[c]))
               for c in probabilities.argsort(descending=True).tolist()]
     return ReportItem(name, picture(image), targets, predictions=ranked, **maps_of(expl, b))

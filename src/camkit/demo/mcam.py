@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +18,7 @@ from camkit.demo.cache import cached
 from camkit.demo.items import multilabel_item, stack
 from camkit.demo.nets import DemoNet, load_net, random_batches, save_net, seeded_net, train_net
 from camkit.demo.settings import LAYER, McamSettings, Part
-from camkit.evaluate import Results, evaluate
+from camkit.evaluate import EvaluationResults, evaluate
 from camkit.memory import BiasReducingMemory, layer_features, mean_average_precision, train_memory
 from camkit.progress import Progress
 from camkit.viz.report import ReportSection, evaluation_metrics, save_grid
@@ -26,7 +27,7 @@ from camkit.viz.report import ReportSection, evaluation_metrics, save_grid
 def mcam_splits(s: McamSettings) -> tuple[SyntheticMultiLabel, SyntheticMultiLabel]:
     """The biased training split and the decorrelated test split."""
     first, second = s.pair
-    common = {"image_size": s.image_size, "num_classes": s.classes, "seed": s.seed}
+    common: dict[str, Any] = {"image_size": s.image_size, "num_classes": s.classes, "seed": s.seed}
     return (SyntheticMultiLabel(s.train, cooccur={(first, second): s.cooccur},
                                 imbalance={second: s.rarity}, **common),
             SyntheticMultiLabel(s.test, split="test", **common))
@@ -100,7 +101,7 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
 
 
 def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMultiLabel,
-                 s: McamSettings, progress: bool | None) -> Results:
+                 s: McamSettings, progress: bool | None) -> EvaluationResults:
     """``camkit.evaluate`` of Grad-CAM and M-CAM on every labelled class of the test split."""
     a, b = s.pair
     return evaluate(net, test, ["gradcam", "mcam"], ["energy-mask", "energy-leak"], LAYER,
@@ -109,7 +110,7 @@ def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMult
                     seed=s.seed, progress=progress)
 
 
-def energy(results: Results, method: str, metric: str) -> float:
+def energy(results: EvaluationResults, method: str, metric: str) -> float:
     """The mean share of ``method``'s maps on the target's own mask (``energy-mask``) or on its
     co-occurring partner's mask (``energy-leak``)."""
     return results.summary(method, metric).mean

@@ -20,7 +20,8 @@ from typing import Any
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from .scoring import Confidence, check_inputs, make_scorer
+from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY
+from .scoring import METRIC_BATCH_SIZE, Confidence, ConfidenceScorer, check_inputs, make_scorer
 
 MIN_CONFIDENCE = 1e-3  # Average Drop is undefined (NaN) below this base confidence (§4.1.3)
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion baseline: gaussian_blur2d(klen=11, nsig=5)
@@ -29,18 +30,39 @@ Baseline = str | float | Tensor
 
 def masked_confidence(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
-    confidence: str | Confidence | None = "softmax", max_batch: int = 32,
+    confidence: str | Confidence | None = "softmax", batch_size: int | None = METRIC_BATCH_SIZE,
+    max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """``O`` ``(B, K)``: the confidence of class ``targets[b, k]`` on ``x[b] ⊙ maps[b, k]``
     (the map broadcast over the colour channels), ``B·K`` images in chunks."""
+    return _masked(make_scorer(model, confidence, batch_size, max_batch_memory), x, maps, targets)
+
+
+def _masked(scorer: ConfidenceScorer, x: Tensor, maps: Tensor, targets: Tensor) -> Tensor:
     check_inputs(x, maps, targets)
     k = maps.shape[1]
 
     def make(index: Tensor) -> Tensor:
         return x[index // k] * maps[index // k, index % k].unsqueeze(1).to(x.dtype)
 
-    scorer = make_scorer(model, confidence, max_batch)
-    return scorer.rows(targets.numel(), make, targets.reshape(-1, 1)).view_as(targets)
+    return scorer.rows(targets.numel(), make, targets.reshape(-1, 1), x).view_as(targets)
+
+
+def base_and_masked(
+    model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
+    confidence: str | Confidence | None = "softmax", batch_size: int | None = METRIC_BATCH_SIZE,
+    max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY, base: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``Y`` and ``O``, both ``(B, K)``: the confidences on ``x`` (``base`` when given) and on
+    the masked images (:func:`masked_confidence`), scored in the same chunks."""
+    scorer = make_scorer(model, confidence, batch_size, max_batch_memory)
+    masked = _masked(scorer, x, maps, targets)
+    if base is None:
+        return scorer(x, targets), masked
+    if base.shape != targets.shape:
+        raise ValueError(f"base confidences {tuple(base.shape)} must be (B, K) = "
+                         f"{tuple(targets.shape)}")
+    return base, masked
 
 
 def drop_percent(base: Tensor, masked: Tensor) -> Tensor:
@@ -57,38 +79,19 @@ def increase_percent(base: Tensor, masked: Tensor) -> Tensor:
     return 100 * (base < masked).float()
 
 
-def average_drop(
-    model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
-    confidence: str | Confidence | None = "softmax", max_batch: int = 32,
-    base: Tensor | None = None,
-) -> Tensor:
+def average_drop(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor,
+                 **options: Any) -> Tensor:
     """Average Drop % per sample ``(B, K)`` (lower is better): :func:`drop_percent` of the
-    confidence on ``x`` (``base``, computed unless given) and on the masked image."""
-    masked = masked_confidence(model, x, maps, targets, confidence=confidence,
-                               max_batch=max_batch)
-    return drop_percent(_base(model, x, targets, confidence, max_batch, base), masked)
+    confidence on ``x`` and on the masked image (keywords: :func:`base_and_masked`)."""
+    return drop_percent(*base_and_masked(model, x, maps, targets, **options))
 
 
-def increase_in_confidence(
-    model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
-    confidence: str | Confidence | None = "softmax", max_batch: int = 32,
-    base: Tensor | None = None,
-) -> Tensor:
+def increase_in_confidence(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor,
+                           **options: Any) -> Tensor:
     """% Increase in Confidence per sample ``(B, K)`` (higher is better):
-    :func:`increase_percent` of the confidence on ``x`` and on the masked image."""
-    masked = masked_confidence(model, x, maps, targets, confidence=confidence,
-                               max_batch=max_batch)
-    return increase_percent(_base(model, x, targets, confidence, max_batch, base), masked)
-
-
-def _base(model: nn.Module, x: Tensor, targets: Tensor, confidence: str | Confidence | None,
-          max_batch: int, base: Tensor | None) -> Tensor:
-    if base is not None:
-        if base.shape != targets.shape:
-            raise ValueError(f"base confidences {tuple(base.shape)} must be (B, K) = "
-                             f"{tuple(targets.shape)}")
-        return base
-    return make_scorer(model, confidence, max_batch)(x, targets)
+    :func:`increase_percent` of the confidence on ``x`` and on the masked image (keywords:
+    :func:`base_and_masked`)."""
+    return increase_percent(*base_and_masked(model, x, maps, targets, **options))
 
 
 def saliency_ranks(maps: Tensor) -> Tensor:
@@ -123,12 +126,13 @@ def baseline_image(x: Tensor, baseline: Baseline) -> Tensor:
 
 def perturbation_curve(
     model: nn.Module, start: Tensor, end: Tensor, maps: Tensor, targets: Tensor, *,
-    steps: int = 16, confidence: str | Confidence | None = "softmax", max_batch: int = 32,
+    steps: int = 16, confidence: str | Confidence | None = "softmax",
+    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """``(B, K, steps + 1)`` confidences of ``targets`` while the pixels of ``start`` are
     replaced by those of ``end`` (both ``(B, C, H, W)``), most salient first, ``step_counts``
-    pixels after each step (Petsiuk et al. 2018). Built chunk by chunk; at most
-    ``max_batch`` images exist at once."""
+    pixels after each step (Petsiuk et al. 2018). Built chunk by chunk (``batch_size`` images,
+    or as many as fit in ``max_batch_memory`` bytes); only one chunk exists at once."""
     check_inputs(start, maps, targets)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -142,8 +146,8 @@ def perturbation_curve(
         return end[b].where(changed, start[b])
 
     classes = targets.reshape(-1, 1).repeat_interleave(per_map, dim=0)
-    scorer = make_scorer(model, confidence, max_batch)
-    return scorer.rows(classes.shape[0], make, classes).view(*targets.shape, per_map)
+    scorer = make_scorer(model, confidence, batch_size, max_batch_memory)
+    return scorer.rows(classes.shape[0], make, classes, start).view(*targets.shape, per_map)
 
 
 def auc(curves: Tensor) -> Tensor:
@@ -158,23 +162,25 @@ def auc(curves: Tensor) -> Tensor:
 def deletion_curve(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 16,
     baseline: Baseline = "zero", confidence: str | Confidence | None = "softmax",
-    max_batch: int = 32,
+    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """``(B, K, steps + 1)``: confidence as the most salient pixels are set to ``baseline``
     (RISE deletes to zero)."""
     return perturbation_curve(model, x, baseline_image(x, baseline), maps, targets,
-                              steps=steps, confidence=confidence, max_batch=max_batch)
+                              steps=steps, confidence=confidence, batch_size=batch_size,
+                              max_batch_memory=max_batch_memory)
 
 
 def insertion_curve(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 16,
     baseline: Baseline = "blur", confidence: str | Confidence | None = "softmax",
-    max_batch: int = 32,
+    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """``(B, K, steps + 1)``: confidence as the most salient pixels of ``x`` are put onto
     ``baseline`` (RISE starts from a blurred copy)."""
     return perturbation_curve(model, baseline_image(x, baseline), x, maps, targets,
-                              steps=steps, confidence=confidence, max_batch=max_batch)
+                              steps=steps, confidence=confidence, batch_size=batch_size,
+                              max_batch_memory=max_batch_memory)
 
 
 def deletion_auc(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor,

@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from ..api import explain
+from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, forward_bytes, run_items
 from ..capture.layers import LayerSpec
-from .scoring import Confidence, check_inputs, make_scorer
+from .scoring import METRIC_BATCH_SIZE, Confidence, check_inputs, make_scorer, metric_batching
 
 Explainer = Callable[[Tensor, Tensor], Tensor]  # (images (m, C, H, W), targets (m, K)) -> maps
 NOISE_KINDS = ("gaussian", "uniform")
@@ -84,13 +85,14 @@ def attribution_dots(noise_sums: Tensor, maps: Tensor) -> Tensor:
 
 def score_drops(
     model: nn.Module, x: Tensor, noise: Tensor, targets: Tensor, *,
-    confidence: str | Confidence | None = "softmax", max_batch: int = 32,
+    confidence: str | Confidence | None = "softmax",
+    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
     base: Tensor | None = None,
 ) -> Tensor:
     """``f(x) − f(x − I)`` ``(B, n, K)`` for ``noise`` ``I`` ``(B, n, C, H, W)`` and every
     target; ``base`` = ``f(x)`` ``(B, K)`` when already known. One forward per perturbed
     image serves all K targets."""
-    scorer = make_scorer(model, confidence, max_batch)
+    scorer = make_scorer(model, confidence, batch_size, max_batch_memory)
     n = noise.shape[1]
     flat = noise.flatten(0, 1)
 
@@ -98,7 +100,7 @@ def score_drops(
         return x[index // n] - flat[index]
 
     classes = targets.repeat_interleave(n, dim=0)
-    perturbed = scorer.rows(classes.shape[0], make, classes).view(x.shape[0], n, -1)
+    perturbed = scorer.rows(classes.shape[0], make, classes, x).view(x.shape[0], n, -1)
     base = scorer(x, targets) if base is None else base
     return base.unsqueeze(1) - perturbed
 
@@ -118,7 +120,8 @@ def infidelity_from(dots: Tensor, drops: Tensor, normalize: bool = False) -> Ten
 def infidelity(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
     noise: Noise = Noise("gaussian", 0.2), n_samples: int = 10, normalize: bool = False,
-    keys: Keys = None, confidence: str | Confidence | None = "softmax", max_batch: int = 32,
+    keys: Keys = None, confidence: str | Confidence | None = "softmax",
+    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
     base: Tensor | None = None,
 ) -> Tensor:
     """Infidelity per sample ``(B, K)``, lower is better: ``n_samples`` draws of ``noise`` per
@@ -126,8 +129,8 @@ def infidelity(
     :func:`attribution_dots`, :func:`infidelity_from`."""
     check_inputs(x, maps, targets)
     draws = noise.sample(x, n_samples, keys)
-    drops = score_drops(model, x, draws, targets, confidence=confidence, max_batch=max_batch,
-                        base=base)
+    drops = score_drops(model, x, draws, targets, confidence=confidence, batch_size=batch_size,
+                        max_batch_memory=max_batch_memory, base=base)
     return infidelity_from(attribution_dots(draws.sum(dim=2), maps), drops, normalize)
 
 
@@ -144,22 +147,29 @@ def map_distances(reference: Tensor, perturbed: Tensor, relative: bool = True) -
 def max_sensitivity(
     explainer: Explainer, x: Tensor, maps: Tensor, targets: Tensor, *,
     noise: Noise = Noise("uniform", 0.02), n_samples: int = 10, relative: bool = True,
-    keys: Keys = None, max_batch: int = 32,
+    keys: Keys = None, batch_size: int | None = METRIC_BATCH_SIZE,
+    max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """max-Sensitivity per sample ``(B, K)`` (Yeh et al. 2019; ALGORITHMS §4.4), lower is
     better: the largest :func:`map_distances` between ``maps`` (the explanation of ``x``) and the
     explainer's maps of ``n_samples`` perturbed copies ``y = x + noise`` for the same
-    ``targets``, explained ``max_batch`` copies at a time."""
+    ``targets``, explained ``batch_size`` copies at a time (``None``: as many as the forward
+    pass's memory estimate fits in ``max_batch_memory`` bytes; leave room for the
+    explainer's backward pass)."""
     check_inputs(x, maps, targets)
     n = n_samples
     draws = noise.sample(x, n, keys).flatten(0, 1)
     classes = targets.repeat_interleave(n, dim=0)
-    distances = []
-    for start in range(0, classes.shape[0], max_batch):
-        index = torch.arange(start, min(classes.shape[0], start + max_batch), device=x.device)
+
+    def distances(index: Tensor) -> Tensor:
         perturbed = explainer(x[index // n] + draws[index], classes[index])
-        distances.append(map_distances(maps[index // n], perturbed, relative))
-    return torch.cat(distances).view(x.shape[0], n, -1).amax(dim=1)
+        return map_distances(maps[index // n], perturbed, relative)
+
+    batching = metric_batching(batch_size, max_batch_memory)
+    size = batching.size_for(forward_bytes((x,)))
+    found = run_items(classes.shape[0], distances, size, device=x.device, desc="sensitivity",
+                      progress=batching.progress)
+    return found.view(x.shape[0], n, -1).amax(dim=1)
 
 
 def method_explainer(

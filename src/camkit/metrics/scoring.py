@@ -4,21 +4,28 @@ ALGORITHMS §4.1 choices 1 and 4: every method is judged by the same model (the 
 network with its own classifier, unless another scoring model is given), and a "confidence"
 is the softmax probability for single-label tasks, the sigmoid probability for multi-label
 tasks, or any function of the logits the user passes.
+
+The many perturbed inputs a metric scores run through the engine's chunking
+(:mod:`camkit.capture.batches`), with the perturbation methods' knobs: ``batch_size`` images
+per forward pass (default 32), or with ``batch_size=None`` as many as fit in
+``max_batch_memory`` bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, Batching, forward_bytes, run_items
 from ..capture.hooks import borrowed
 from ..targets import logits_of
 
 Confidence = Callable[[Tensor], Tensor]  # logits (n, n_classes) -> (n, n_classes)
 TASKS = ("single-label", "multi-label")
+METRIC_BATCH_SIZE = 32  # images per forward pass of a metric unless told otherwise
 
 
 def softmax_confidence(logits: Tensor) -> Tensor:
@@ -62,44 +69,56 @@ def confidence_function(
     return CONFIDENCES[name]
 
 
+def metric_batching(batch_size: int | None = METRIC_BATCH_SIZE,
+                    max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY) -> Batching:
+    """The engine's batching for the metrics' model evaluations (no progress bar of their
+    own: :func:`camkit.evaluate` shows one for the whole run)."""
+    return Batching(batch_size, max_batch_memory, progress=False)
+
+
 @dataclass
-class Scorer:
-    """Confidences of chosen classes on many images, in forward passes of at most
-    ``max_batch`` images, without gradients, the model borrowed in eval mode."""
+class ConfidenceScorer:
+    """Confidences of chosen classes on many images, without gradients, the model borrowed in
+    eval mode, in forward passes sized by ``batching`` (the engine's
+    :class:`~camkit.capture.batches.Batching`: ``batch_size`` images at a time, or with
+    ``batch_size=None`` as many as fit in ``max_batch_memory`` bytes)."""
 
     model: nn.Module
     confidence: Confidence = softmax_confidence
-    max_batch: int = 32
+    batching: Batching = field(default_factory=metric_batching)
 
-    def __post_init__(self) -> None:
-        if self.max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
-
-    def rows(self, n: int, make: Callable[[Tensor], Tensor], classes: Tensor) -> Tensor:
+    def rows(self, n: int, make: Callable[[Tensor], Tensor], classes: Tensor,
+             like: Tensor) -> Tensor:
         """``(n, J)`` confidences: row ``i`` scores classes ``classes[i]`` (``(n, J)`` long) on
         the image ``make(index)[j]`` for ``index[j] = i``; ``make`` builds a chunk of images
-        ``(m, C, H, W)`` from a ``(m,)`` index tensor, so no more than ``max_batch`` images
-        exist at once."""
-        parts = []
+        ``(m, C, H, W)`` from a ``(m,)`` index tensor, so no more than one chunk exists at
+        once. ``like`` ``(B, C, H, W)``: images of the size ``make`` builds (for the memory
+        estimate)."""
+
+        def score(index: Tensor) -> Tensor:
+            logits = logits_of(self.model(make(index)))
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            return self.confidence(logits).gather(1, classes[index].to(logits.device))
+
+        size = self.batching.size_for(forward_bytes((like,)))
         with borrowed(self.model), torch.no_grad():
-            for start in range(0, n, self.max_batch):
-                index = torch.arange(start, min(n, start + self.max_batch), device=classes.device)
-                logits = logits_of(self.model(make(index)))
-                logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-                parts.append(self.confidence(logits).gather(1, classes[index].to(logits.device)))
-        return torch.cat(parts).to(classes.device)
+            scores = run_items(n, score, size, device=classes.device, desc="metric",
+                               progress=self.batching.progress)
+        return scores.to(classes.device)
 
     def __call__(self, x: Tensor, classes: Tensor) -> Tensor:
         """``(B, J)`` confidences of ``classes`` ``(B, J)`` on the images ``x`` ``(B, C, H, W)``."""
-        return self.rows(x.shape[0], lambda index: x[index], classes)
+        return self.rows(x.shape[0], lambda index: x[index], classes, x)
 
 
 def make_scorer(
-    model: nn.Module, confidence: str | Confidence | None = "softmax", max_batch: int = 32
-) -> Scorer:
-    """A :class:`Scorer` for ``model`` with a confidence resolved by
-    :func:`confidence_function` (``None`` = softmax)."""
-    return Scorer(model, confidence_function(confidence), max_batch)
+    model: nn.Module, confidence: str | Confidence | None = "softmax",
+    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+) -> ConfidenceScorer:
+    """A :class:`ConfidenceScorer` for ``model`` with a confidence resolved by
+    :func:`confidence_function` (``None`` = softmax) and :func:`metric_batching`."""
+    return ConfidenceScorer(model, confidence_function(confidence),
+                  metric_batching(batch_size, max_batch_memory))
 
 
 def check_inputs(x: Tensor, maps: Tensor, targets: Tensor) -> None:

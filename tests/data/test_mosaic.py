@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from camkit.cli.evaluate import metrics_for
+from camkit.data.files import evaluation_data
 from camkit.data.images import Preprocess
 from camkit.data.mosaic import (
     ImageNetGrid,
@@ -17,7 +19,7 @@ from camkit.data.mosaic import (
     imagenet_pool,
     mask_boxes,
 )
-from camkit.evaluate import data_from_spec, evaluate, metrics_for
+from camkit.evaluate import evaluate
 from camkit.zoo import load_model
 from tests.models import TinyCNN
 
@@ -160,10 +162,11 @@ def test_imagenet_grid_for_the_pretrained_model_and_the_harness():
 
 def test_imagenet_grid_spec_of_the_command_line():
     loaded = load_model()
-    data, kinds = data_from_spec("imagenet-grid:2", loaded)
+    data, kinds = evaluation_data("imagenet-grid:2", loaded.preprocess, loaded.class_names)
     assert len(data) == 2 and kinds == ("cells",)
     assert metrics_for("auto", kinds)[-1] == "grid-pointing"
     item = data[1]
     assert item["image"].shape == (3, 224, 224) and item["label"].shape == (1000,)
     assert data.mosaics.class_names[0] == loaded.class_names[data.mosaics.classes[0]]
-    assert len(data_from_spec("imagenet-grid", loaded)[0]) == 8
+    grids, _ = evaluation_data("imagenet-grid", loaded.preprocess, loaded.class_names)
+    assert len(grids) == 8

@@ -8,8 +8,9 @@ import re
 
 import numpy as np
 
+from camkit.cli.evaluate import add_parser
 from camkit.data import quokka
-from camkit.evaluate import _picture, add_parser
+from camkit.evaluate.report import _picture
 from camkit.zoo import load_model
 
 

@@ -270,5 +270,5 @@ def test_sensitivity_to_a_vanishing_perturbation_is_vanishing() -> None:
                                                 memory=memory)
     sensitivity = camkit.metrics.max_sensitivity(
         explainer, x, explainer(x, targets), targets,
-        noise=camkit.metrics.Noise("uniform", 1e-6), n_samples=5, max_batch=7)
+        noise=camkit.metrics.Noise("uniform", 1e-6), n_samples=5, batch_size=7)
     assert sensitivity.max() < 1e-3

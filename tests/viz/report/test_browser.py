@@ -29,7 +29,7 @@ INSTALL = ("apt-get update && apt-get install -y chromium chromium-driver && "
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--disable-sync",
          "--hide-scrollbars", "--force-device-scale-factor=1")
-SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "report-screenshot.png"
+SCREENSHOT = Path(__file__).resolve().parents[3] / "docs" / "report-screenshot.png"
 METHODS = ("gradcam", "gradcam++", "layercam")
 
 

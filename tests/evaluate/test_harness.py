@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import math
@@ -15,17 +16,16 @@ import torch
 from PIL import Image
 
 import camkit
+from camkit.cli.evaluate import add_parser, metrics_for
 from camkit.data import quokka
+from camkit.data.files import evaluation_data
 from camkit.evaluate import (
     DEFAULT_METRICS,
     METRICS,
-    Results,
-    add_parser,
+    EvaluationResults,
     as_sample,
     available_metrics,
-    data_from_spec,
     evaluate,
-    metrics_for,
 )
 from camkit.metrics import (
     Noise,
@@ -128,6 +128,24 @@ def test_harness_values_equal_direct_metric_calls(model):
     assert math.isnan(results.values["gradcam"]["energy-leak"][0])  # s0 has one object
 
 
+def test_metric_batching_knobs_keep_the_values(model):
+    """The metrics' forward passes in chunks of 1, or sized by a memory budget of 1 byte (one
+    image a pass), give the values of the default chunks of 32 (up to float rounding, which
+    depends on the batch size in convolutions)."""
+    items = multilabel_data()
+    metrics = ["average-drop", "deletion", "infidelity", "sensitivity"]
+    options = {m: FAST[m] for m in metrics if m in FAST}
+    runs = [evaluate(model, items, "gradcam", metrics, "features", metric_options=options,
+                     progress=False, **knobs)
+            for knobs in ({}, {"metric_batch_size": 1},
+                          {"metric_batch_size": None, "max_batch_memory": 1})]
+    for run in runs[1:]:
+        for metric in metrics:
+            np.testing.assert_allclose(run.values["gradcam"][metric],
+                                       runs[0].values["gradcam"][metric], rtol=1e-4, atol=1e-6,
+                                       err_msg=metric)
+
+
 def test_single_label_data_uses_the_prediction_and_softmax(model):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, 3, SIZE, SIZE, generator=g)
@@ -222,7 +240,7 @@ def test_tables_files_and_runs_combined(model, tmp_path):
     assert len(document["per_sample"]["gradcam"]["energy-mask"]) == len(runs[0].pairs["gradcam"])
     markdown = (folder / "results.md").read_text()
     assert "| gradcam |" in markdown and "±" in markdown and "energy-mask ↑" in markdown
-    combined = Results.combine(runs, ["seed 0", "seed 1"])
+    combined = EvaluationResults.combine(runs, ["seed 0", "seed 1"])
     means = [r.summary("hirescam", "average-drop").mean for r in runs]
     assert combined.summary("hirescam", "average-drop").mean == pytest.approx(np.mean(means))
     assert combined.summary("hirescam", "average-drop").n == 2
@@ -293,7 +311,8 @@ def test_auto_metrics_follow_the_regions_of_the_data():
 
 
 def test_imagenet_samples_spec():
-    data, kinds = data_from_spec("imagenet-samples", load_model())
+    loaded = load_model()
+    data, kinds = evaluation_data("imagenet-samples", loaded.preprocess, loaded.class_names)
     assert len(data) == 20 and kinds == ()
     item = data[0]
     assert item["image"].shape == (3, 224, 224) and 0 <= item["label"] < 1000
@@ -322,3 +341,24 @@ def test_energy_leak_onto_a_named_partner(model):
     values = results.values["gradcam"]["energy-leak"]
     assert values[0] == pytest.approx(expected, rel=1e-5)
     assert np.isnan(values[1:]).all()  # no partner named for the other two classes
+
+
+def test_one_progress_bar_counts_every_explanation(model, capsys, monkeypatch):
+    """The run's bar counts (image, method) pairs; Score-CAM's own bar stays off."""
+    harness = importlib.import_module("camkit.evaluate.harness")  # camkit.evaluate: the call
+    updates: list[tuple[str, int, int]] = []
+    real = harness.Progress
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def update(self, n: int = 1) -> None:
+            updates.append((self.desc, n, self.total))
+            super().update(n)
+
+    monkeypatch.setattr(harness, "Progress", Recording)
+    items = multilabel_data()[:5]
+    evaluate(model, items, ["gradcam", "scorecam"], ["average-drop"], "features",
+             batch_size=2, progress=True)
+    assert {total for _, _, total in updates} == {10}
+    assert sum(n for _, n, _ in updates) == 10
+    err = capsys.readouterr().err
+    assert "evaluate" in err and "scorecam" not in err

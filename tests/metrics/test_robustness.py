@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from camkit.capture.batches import forward_bytes
 from camkit.metrics import (
     Noise,
     infidelity,
@@ -80,7 +81,7 @@ def test_infidelity_equals_a_loop_and_each_target_alone(tiny_case):
     maps = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([[1, 2], [4, 0], [0, 3]])
     noise = Noise("gaussian", 0.2, seed=7)
-    fast = infidelity(model, x, maps, targets, noise=noise, n_samples=4, max_batch=5)
+    fast = infidelity(model, x, maps, targets, noise=noise, n_samples=4, batch_size=5)
     draws = noise.sample(x, 4)
     for b in range(3):
         for k in range(2):
@@ -144,7 +145,7 @@ def test_sensitivity_of_an_explainer_that_returns_its_input():
     x = torch.rand(2, 1, 4, 4) + 0.5
     noise = Noise("uniform", 0.1, seed=2)
     value = max_sensitivity(lambda images, targets: images, x, x, torch.zeros(2, 1).long(),
-                            noise=noise, n_samples=3, max_batch=4)
+                            noise=noise, n_samples=3, batch_size=4)
     draws = noise.sample(x, 3)
     for b in range(2):
         expected = max(float(draws[b, j].norm() / x[b].norm()) for j in range(3))
@@ -152,6 +153,23 @@ def test_sensitivity_of_an_explainer_that_returns_its_input():
     fixed = max_sensitivity(lambda images, targets: torch.ones_like(images), x,
                             torch.ones_like(x), torch.zeros(2, 1).long())
     assert fixed.abs().max() == 0
+
+
+def test_sensitivity_explains_as_many_copies_as_the_memory_budget_fits():
+    x = torch.rand(2, 1, 4, 4) + 0.5
+    chunks = []
+
+    def explainer(images, targets):
+        chunks.append(len(images))
+        return images
+
+    noise = Noise("uniform", 0.1, seed=2)
+    budgeted = max_sensitivity(explainer, x, x, torch.zeros(2, 1).long(), noise=noise,
+                               n_samples=3, batch_size=None,
+                               max_batch_memory=4 * forward_bytes((x,)))
+    assert chunks == [4, 2]  # 6 perturbed copies, 4 per call
+    fixed = max_sensitivity(explainer, x, x, torch.zeros(2, 1).long(), noise=noise, n_samples=3)
+    assert torch.equal(budgeted, fixed)
 
 
 @pytest.mark.parametrize("relative", [True, False])
@@ -168,7 +186,7 @@ def test_sensitivity_of_gradcam_agrees_with_captum(tiny_case, relative):
         return (explainer(images, target.view(-1, 1)),)
 
     ours = max_sensitivity(explainer, x, maps, targets, noise=noise, n_samples=n,
-                           relative=relative, max_batch=5)
+                           relative=relative, batch_size=5)
     if relative:
         theirs = captum_metrics.sensitivity_max(
             explain, x, perturb_func=lambda inputs: inputs + draws, n_perturb_samples=n,

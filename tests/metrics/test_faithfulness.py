@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from camkit.capture.batches import forward_bytes
 from camkit.metrics import (
     auc,
     average_drop,
@@ -76,11 +77,28 @@ def test_average_drop_of_a_model_computed_by_hand():
 
 def test_masked_confidence_equals_a_loop(case):
     model, x, maps, targets = case
-    fast = masked_confidence(model, x, maps, targets, max_batch=4)  # 6 rows in 2 chunks
+    fast = masked_confidence(model, x, maps, targets, batch_size=4)  # 6 rows in 2 chunks
     for b in range(3):
         for k in range(2):
             slow = slow_confidence(model, x[b] * maps[b, k], int(targets[b, k]))
             assert fast[b, k].item() == pytest.approx(slow, abs=1e-6)
+
+
+def test_a_memory_budget_sizes_the_forward_passes(case):
+    """``batch_size=None``: as many masked images per pass as the engine's estimate fits into
+    ``max_batch_memory`` (camkit.capture.batches), with the values of fixed-size chunks."""
+    model, x, maps, targets = case
+    sizes = []
+    handle = model.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    try:
+        budgeted = masked_confidence(model, x, maps, targets, batch_size=None,
+                                     max_batch_memory=2 * forward_bytes((x,)))
+    finally:
+        handle.remove()
+    assert sizes == [2, 2, 2]  # 6 masked images, 2 per pass
+    torch.testing.assert_close(budgeted, masked_confidence(model, x, maps, targets))
+    with pytest.raises(ValueError, match="batch_size"):
+        masked_confidence(model, x, maps, targets, batch_size=0)
 
 
 def test_given_base_and_sigmoid_confidence(case):
@@ -141,9 +159,9 @@ def slow_curve(model, start, end, saliency, cls, steps):
 
 def test_deletion_and_insertion_curves_equal_a_loop(case):
     model, x, maps, targets = case
-    deletion = deletion_curve(model, x, maps, targets, steps=5, max_batch=7)
+    deletion = deletion_curve(model, x, maps, targets, steps=5, batch_size=7)
     grey = torch.full_like(x, 0.5)
-    insertion = insertion_curve(model, x, maps, targets, steps=5, baseline=0.5, max_batch=7)
+    insertion = insertion_curve(model, x, maps, targets, steps=5, baseline=0.5, batch_size=7)
     for b in range(3):
         for k in range(2):
             cls = int(targets[b, k])
