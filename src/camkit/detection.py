@@ -64,14 +64,19 @@ class BoxScoreTarget(Target):
 
     def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
         detections = detections_of(outputs)
-        boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
-        labels = torch.as_tensor(self.labels)
-        boxes, labels = boxes.expand(len(detections), -1, -1) if boxes.dim() == 2 else boxes, (
-            labels.expand(len(detections), -1) if labels.dim() == 1 else labels)
-        if rows is not None and boxes.shape[0] != len(detections):
-            boxes, labels = boxes[rows.cpu()], labels[rows.cpu()]
+        boxes, labels = self._per_row(len(detections), rows)
         return torch.stack([self._image_scores(d, b, lab)
                             for d, b, lab in zip(detections, boxes, labels, strict=True)])
+
+    def _per_row(self, n: int, rows: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The ``(n, K, 4)`` reference boxes and ``(n, K)`` labels of ``n`` output rows."""
+        boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
+        labels = torch.as_tensor(self.labels)
+        if boxes.dim() == 2:
+            return boxes.expand(n, -1, -1), labels.expand(n, -1)
+        if rows is not None:
+            return boxes[rows.cpu()], labels[rows.cpu()]
+        return boxes, labels
 
     def _image_scores(self, detected: dict[str, Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
         """``(K,)`` scores of one image's reference ``boxes`` ``(K, 4)``."""
