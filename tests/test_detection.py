@@ -104,6 +104,15 @@ def test_scores_pick_the_best_matching_detection_or_zero() -> None:
     torch.testing.assert_close(with_iou.scores(found), torch.tensor([[1.8]]))
 
 
+def test_per_image_boxes_follow_the_rows_of_modified_copies() -> None:
+    far, near = [50.0, 50, 60, 60], [0.0, 0, 10, 10]
+    found = {"boxes": torch.tensor([near]), "labels": torch.tensor([1]),
+             "scores": torch.tensor([0.6])}
+    target = BoxScoreTarget(torch.tensor([[far], [near]]), torch.tensor([[1], [1]]))
+    scores = target.scores([found, found], rows=torch.tensor([1, 0]))  # image 1, then 0
+    torch.testing.assert_close(scores, torch.tensor([[0.6], [0.0]]))
+
+
 def test_methods_that_need_class_scores_say_so(detector: FasterRCNN, image: Tensor) -> None:
     boxes, labels = detected(detector, image, 1)
     with pytest.raises(ValueError, match="channel_softmax"):
@@ -111,6 +120,10 @@ def test_methods_that_need_class_scores_say_so(detector: FasterRCNN, image: Tens
                        layer="backbone.2")
     with pytest.raises(TypeError, match="BoxScoreTarget"):
         camkit.explain(detector, image, None, "gradcam", layer="backbone.2")
+    with pytest.raises(ValueError, match="K >= 1"):
+        BoxScoreTarget(torch.zeros(0, 4), torch.zeros(0))
+    with pytest.raises(ValueError, match="labels must"):
+        BoxScoreTarget(boxes, labels[None])
 
 
 @pytest.mark.parametrize(("name", "layer"), [

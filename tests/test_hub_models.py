@@ -69,6 +69,10 @@ HF: dict[str, tuple[Callable[[], nn.Module], str | None]] = {
     "ConvNextForImageClassification": (hf_convnext, None),
 }
 
+# Where the automatic choice must be the recommended layer (the last block's first norm).
+AUTO_IS_RECOMMENDED = {"ViT", "DeiT (distilled)", "hybrid ViT (ResNet stem)",
+                       "ViTForImageClassification", "SwinForImageClassification"}
+
 CASES = ([(family, lambda n=name, o=over: timm_model(n, o), layer)
           for family, (name, over, layer) in TIMM.items()]
          + [(family, make, layer) for family, (make, layer) in HF.items()])
@@ -99,10 +103,14 @@ def test_valid_maps_with_automatic_and_recommended_layers(family, make, layer) -
     torch.manual_seed(0)
     model = make().eval()
     x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    layers = [None] if layer is None else [None, existing(model, layer.split("|"))]
+    recommended = None if layer is None else existing(model, layer.split("|"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a constant map of random weights
-        for chosen in layers:
-            expl = camkit.explain(model, x, None, ["gradcam", "eigencam"], layer=chosen)
-            assert_valid(expl, 2)
-    assert expl.scores.shape == (2, 1)
+        automatic = camkit.explain(model, x, None, ["gradcam", "eigencam"])
+        assert_valid(automatic, 2)
+        if recommended is not None:
+            assert_valid(camkit.explain(model, x, None, ["gradcam", "eigencam"],
+                                        layer=recommended), 2)
+    assert automatic.scores.shape == (2, 1)
+    if family in AUTO_IS_RECOMMENDED:
+        assert find_layer(model, automatic.layer) is find_layer(model, recommended)

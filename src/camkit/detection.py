@@ -53,16 +53,30 @@ class BoxScoreTarget(Target):
     iou_threshold: float = 0.5
     add_iou: bool = False
 
+    def __post_init__(self) -> None:
+        boxes, labels = torch.as_tensor(self.boxes), torch.as_tensor(self.labels)
+        if boxes.dim() not in (2, 3) or boxes.shape[-1] != 4 or boxes.shape[-2] == 0:
+            raise ValueError(f"boxes must be (K, 4) or (B, K, 4) with K >= 1, got "
+                             f"{tuple(boxes.shape)}")
+        if labels.shape != boxes.shape[:-1]:
+            raise ValueError(f"labels must have the boxes' shape without the last dimension, "
+                             f"{tuple(boxes.shape[:-1])}; got {tuple(labels.shape)}")
+
     def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
         detections = detections_of(outputs)
-        boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
-        labels = torch.as_tensor(self.labels)
-        boxes, labels = boxes.expand(len(detections), -1, -1) if boxes.dim() == 2 else boxes, (
-            labels.expand(len(detections), -1) if labels.dim() == 1 else labels)
-        if rows is not None and boxes.shape[0] != len(detections):
-            boxes, labels = boxes[rows.cpu()], labels[rows.cpu()]
+        boxes, labels = self._per_row(len(detections), rows)
         return torch.stack([self._image_scores(d, b, lab)
                             for d, b, lab in zip(detections, boxes, labels, strict=True)])
+
+    def _per_row(self, n: int, rows: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The ``(n, K, 4)`` reference boxes and ``(n, K)`` labels of ``n`` output rows."""
+        boxes = torch.as_tensor(self.boxes, dtype=torch.float32)
+        labels = torch.as_tensor(self.labels)
+        if boxes.dim() == 2:
+            return boxes.expand(n, -1, -1), labels.expand(n, -1)
+        if rows is not None:
+            return boxes[rows.cpu()], labels[rows.cpu()]
+        return boxes, labels
 
     def _image_scores(self, detected: dict[str, Tensor], boxes: Tensor, labels: Tensor) -> Tensor:
         """``(K,)`` scores of one image's reference ``boxes`` ``(K, 4)``."""
