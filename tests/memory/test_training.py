@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+from camkit.artifacts import read_safetensors, write_safetensors
 from camkit.data.multilabel import MultiLabelImages
 from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.memory import BiasReducingMemory, layer_features, loss_terms, train_memory
@@ -78,6 +79,24 @@ def test_resume_refuses_a_checkpoint_of_other_settings(small, tmp_path) -> None:
         run(small, epochs=2, checkpoint_dir=tmp_path, lr=0.1)
     fresh = run(small, epochs=1, checkpoint_dir=tmp_path, lr=0.1, resume=False)
     assert fresh.train_settings["lr"] == 0.1
+
+
+@pytest.mark.parametrize("damage", ["shape", "nan", "missing"])
+def test_resume_refuses_a_damaged_checkpoint_in_one_message(small, tmp_path, damage) -> None:
+    """A checkpoint whose header is intact but whose tensors are not is refused with what to
+    do, not a traceback from deep inside load_state_dict."""
+    run(small, epochs=1, checkpoint_dir=tmp_path)
+    path = tmp_path / CHECKPOINT_NAME
+    tensors, header = read_safetensors(path, "memory checkpoint")
+    if damage == "shape":
+        tensors["memory.keys"] = tensors["memory.keys"][:1]
+    elif damage == "nan":
+        tensors["memory.keys"] = torch.full_like(tensors["memory.keys"], math.nan)
+    else:
+        del tensors["memory.keys"]
+    write_safetensors(tensors, header, path)
+    with pytest.raises(ValueError, match="resume=False|damaged"):
+        run(small, epochs=2, checkpoint_dir=tmp_path)
 
 
 def test_caches_give_the_same_training(small, tmp_path) -> None:

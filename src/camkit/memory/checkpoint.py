@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..artifacts import read_safetensors, write_safetensors
+from ..artifacts import check_tensors, read_safetensors, write_safetensors
 from .module import BiasReducingMemory
 
 CHECKPOINT_NAME = "memory-checkpoint.safetensors"
@@ -67,15 +67,22 @@ def load_checkpoint(path: Path, memory: BiasReducingMemory, optimizer: torch.opt
                          if settings.get(k) != header["settings"].get(k))
         raise ValueError(f"{path} belongs to a run with other settings ({changed}); pass "
                          "resume=False or another checkpoint_dir to start afresh")
+    expected = {f"memory.{k}": (tuple(v.shape), v.dtype) for k, v in memory.state_dict().items()}
+    check_tensors({k: v for k, v in tensors.items() if k.startswith("memory.")}, expected, path,
+                  "memory checkpoint")
     device = memory.keys.device
-    memory.load_state_dict({k.removeprefix("memory."): v.to(device) for k, v in tensors.items()
-                            if k.startswith("memory.")})
-    _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()
-                                   if k.startswith("optimizer.")}, header["optimizer"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda:
-        torch.cuda.set_rng_state_all(cuda)
-    best = {k.removeprefix("best."): v.to(device) for k, v in tensors.items()
-            if k.startswith("best.")}
-    return int(header["epoch"]), header["history"], best or None
+    try:
+        memory.load_state_dict({k.removeprefix("memory."): v.to(device)
+                                for k, v in tensors.items() if k.startswith("memory.")})
+        _restore_optimizer(optimizer, {k: v.to(device) for k, v in tensors.items()
+                                       if k.startswith("optimizer.")}, header["optimizer"])
+        torch.set_rng_state(tensors["rng.cpu"])
+        cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+        best = {k.removeprefix("best."): v.to(device) for k, v in tensors.items()
+                if k.startswith("best.")}
+        return int(header["epoch"]), list(header["history"]), best or None
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path} is a damaged memory training checkpoint ({err!r}); delete "
+                         "it or pass resume=False (--no-resume) to start afresh") from None
