@@ -17,7 +17,7 @@ from camkit import artifacts
 from camkit.cli import main
 from camkit.data import quokka
 from camkit.memory import BiasReducingMemory
-from camkit.memory.training import CHECKPOINT_FORMAT, CHECKPOINT_NAME
+from camkit.memory.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME
 
 FAST = ["--arch", "resnet18", "--random-init", "--methods", "gradcam"]
 
