@@ -1,5 +1,6 @@
 """camkit: class activation maps for PyTorch image models."""
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import batch, embedding, memory, methods, metrics, targets
@@ -32,19 +33,22 @@ __all__ = [
     "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "ScoreCAM", "XGradCAM",
     "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
     "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
-    "save_explanation", "targets",
+    "save_explanation", "serve", "targets",
 ]
 
 _FROM_REPORT = ("explanation_to_html", "save_explanation")
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from .serve import serve
     from .viz import report
     from .viz.report import explanation_to_html, save_explanation
 else:
 
     def __getattr__(name: str) -> Any:
-        """``camkit.report`` and its functions, imported on first use: ``import camkit``
-        loads no HTML."""
+        """``camkit.report`` and its functions, and ``camkit.serve``, imported on first use:
+        ``import camkit`` loads no HTML and no web server."""
+        if name == "serve":  # the package, callable as camkit.serve(...)
+            return importlib.import_module(".serve", __name__)
         if name == "report" or name in _FROM_REPORT:
             from .viz import report
 

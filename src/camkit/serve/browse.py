@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from camkit import zoo
 from camkit.batch import DatasetResults, open_results
 from camkit.batch.sources import FileSource, as_source
 from camkit.data.images import PathLike, Preprocess, load_image
@@ -191,6 +192,17 @@ def _file_source(results: DatasetResults) -> FileSource | None:
     except (ValueError, FileNotFoundError, OSError):
         return None
     return source if isinstance(source, FileSource) else None
+
+
+def open_browser(results: PathLike, evaluation: PathLike | None,
+                 loaded: zoo.LoadedModel) -> Browser:
+    """A :class:`Browser` of ``results``, drawing on the images as the run's model saw them:
+    with ``loaded``'s preprocessing when the run used the same architecture, else that of
+    an untrained copy of the run's architecture (preprocessing depends on it alone)."""
+    arch = open_results(results).settings["model"]["arch"]
+    if arch != loaded.arch:
+        loaded = zoo.load_model(arch, random_init=True)
+    return Browser(results, loaded.class_names, loaded.preprocess, evaluation)
 
 
 def describe(page: Page) -> str:

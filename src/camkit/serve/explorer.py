@@ -14,6 +14,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from camkit import api, metrics, zoo
+from camkit.data import imagenet_samples, quokka
 from camkit.data.images import PathLike, load_image
 from camkit.methods.registry import GRADIENTS
 from camkit.targets import TopK, logits_of
@@ -77,6 +79,16 @@ def gradient_family() -> list[str]:
     """The methods that need nothing but the layer gradients: one backward pass serves all."""
     return [name for name in api.available_methods()
             if api.registry.get_method(name).needs == frozenset({GRADIENTS})]
+
+
+def bundled_samples() -> dict[str, Callable[[], Image.Image]]:
+    """The sample photos shipped with camkit's dependencies, by name: the quokka and
+    foolbox's 20 labelled ImageNet photos."""
+    names = zoo.imagenet_classes()
+    found: dict[str, Callable[[], Image.Image]] = {"quokka": lambda: quokka().image}
+    for sample in imagenet_samples():
+        found[f"{names[sample.label]} ({sample.path.name})"] = partial(load_image, sample.path)
+    return found
 
 
 def image_key(image: Image.Image) -> str:
