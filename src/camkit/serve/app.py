@@ -13,17 +13,18 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import gradio as gr
 
 from camkit.serve.browse import SCORE, Browser, Row, as_filter, describe, open_browser
 from camkit.serve.explorer import METRICS, VIEWS, Explorer, bundled_samples
 
-if TYPE_CHECKING:
-    import gradio as gr
-
 ALL_METHODS, ALL_CLASSES = "all methods", "all classes"
 PAGE_SIZE = 24
+TRACK_PROGRESS = gr.Progress(track_tqdm=True)  # Gradio fills it in for each call
 HINT = "Upload an image or pick a sample."
 
 
@@ -97,12 +98,12 @@ class ExplainHandlers:
         note = " The map is constant (shown as zeros)." if flat else ""
         return picture, f"{method} at `{layer}` for **{name}**.{note}"
 
-    def measure(self, key: str | None, k: int | None, layer: str | None) -> str:
-        """The metrics of the computed maps of the shown class, as a Markdown table."""
+    def measure(self, key: str | None, k: int | None, method: str, layer: str | None) -> str:
+        """The metrics of the shown map, as a Markdown table."""
         if key is None:
             return HINT
         try:
-            rows = self.explorer.measure(key, self.layer(layer), k or 0)
+            rows = self.explorer.measure(key, self.layer(layer), k or 0, [method])
         except Exception as err:  # noqa: BLE001
             return problem(err)
         head = ["method", *(f"{m} {'↑' if up else '↓'}" for m, (_, up) in METRICS.items())]
@@ -154,16 +155,16 @@ class BrowseHandlers:
                 [ALL_CLASSES, *self.browser.class_names])
 
     def page(self, sort: str, worst: bool, method: str, class_name: str, constant: bool,
-             number: float | None, alpha: float = 0.5) -> tuple[Any, str, list[Row], int]:
-        """One page: ``(gallery items, message, its rows, page number)``."""
+             number: float | None = 0, shift: int = 0) -> tuple[Any, str, list[Row], int]:
+        """Page ``number + shift``: ``(gallery items, message, its rows, page number)``."""
         if self.browser is None:
             return [], "Open a `camkit explain-dataset` folder.", [], 0
         try:
             page = self.browser.query(sort, worst=worst, method=as_filter(method, ALL_METHODS),
                                       class_name=as_filter(class_name, ALL_CLASSES),
-                                      constant_only=constant, page=int(number or 0),
+                                      constant_only=constant, page=int(number or 0) + shift,
                                       page_size=PAGE_SIZE)
-            pictures = self.browser.pictures(page.rows, alpha)
+            pictures = self.browser.pictures(page.rows)
         except Exception as err:  # noqa: BLE001
             return [], problem(err), [], 0
         gallery = [(p, r.caption) for p, r in zip(pictures, page.rows, strict=True)]
@@ -181,18 +182,16 @@ class BrowseHandlers:
 def build_app(explorer: Explorer, browser: Browser | None = None) -> gr.Blocks:
     """The page (not started): :func:`launch` serves it."""
     offline_environment(explorer.out)
-    import gradio as gr
-
     with gr.Blocks(title="camkit serve", analytics_enabled=False) as app:
         gr.Markdown(f"## camkit · {explorer.loaded.arch}")
         with gr.Tab("Explain", id="explain"):
-            _explain_tab(gr, ExplainHandlers(explorer))
+            _explain_tab(ExplainHandlers(explorer))
         with gr.Tab("Browse", id="browse"):
-            _browse_tab(gr, BrowseHandlers(explorer, browser))
+            _browse_tab(BrowseHandlers(explorer, browser))
     return app
 
 
-def _explain_tab(gr: Any, h: ExplainHandlers) -> None:
+def _explain_tab(h: ExplainHandlers) -> None:
     key = gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
@@ -223,7 +222,7 @@ def _explain_tab(gr: Any, h: ExplainHandlers) -> None:
             files = gr.File(label="Downloads", file_count="multiple", interactive=False)
 
     def show(key_: str | None, k: int | None, method_: str, layer_: str | None, view_: str,
-             alpha_: float, progress: Any = gr.Progress(track_tqdm=True)) -> tuple[Any, str]:
+             alpha_: float, progress: gr.Progress = TRACK_PROGRESS) -> tuple[Any, str]:
         return h.show(key_, k, method_, layer_, view_, alpha_, progress)
 
     def opened(result: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -239,7 +238,7 @@ def _explain_tab(gr: Any, h: ExplainHandlers) -> None:
     for control in (classes, method, layer, view):
         control.input(show, [key, classes, *look], [picture, message])
     alpha.release(show, [key, classes, *look], [picture, message])
-    measure.click(h.measure, [key, classes, layer], table)
+    measure.click(h.measure, [key, classes, method, layer], table)
     download.click(h.download, [key, layer], [files, message])
 
     def load_model(arch_: str, weights_: str | None) -> tuple[Any, ...]:
@@ -250,7 +249,7 @@ def _explain_tab(gr: Any, h: ExplainHandlers) -> None:
     load.click(load_model, [arch, weights], [message, method, layer, key, classes, picture])
 
 
-def _browse_tab(gr: Any, h: BrowseHandlers) -> None:
+def _browse_tab(h: BrowseHandlers) -> None:
     sorts, methods, class_names = h.choices()
     first_page, first_info, first_rows, _ = h.page(sorts[0], True, ALL_METHODS, ALL_CLASSES,
                                                    False, 0)
@@ -291,10 +290,10 @@ def _browse_tab(gr: Any, h: BrowseHandlers) -> None:
     open_.click(reopened, [results, evaluation],
                 [sort, method, class_name, gallery, info, rows, number])
     for control in (sort, worst, method, class_name, constant):
-        control.input(lambda *q: h.page(*q[:-1], 0), query, shown)
+        control.input(h.page, query[:-1], shown)  # back to the first page
     number.submit(h.page, query, shown)
-    previous.click(lambda *q: h.page(*q[:-1], (q[-1] or 0) - 1), query, shown)
-    following.click(lambda *q: h.page(*q[:-1], (q[-1] or 0) + 1), query, shown)
+    previous.click(partial(h.page, shift=-1), query, shown)
+    following.click(partial(h.page, shift=1), query, shown)
 
     def compare(rows_: list[Row], event: gr.SelectData) -> tuple[Any, str]:
         return h.compare(rows_, event.index)

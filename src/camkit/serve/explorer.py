@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -197,11 +197,16 @@ class Explorer:
         """Whether that map came out constant (shown as zeros)."""
         return bool(self.images[key].by_layer[layer].constant[method][0, k])
 
-    def measure(self, key: str, layer: str, k: int) -> list[dict[str, Any]]:
-        """The faithfulness metrics of every computed map of the ``k``-th class: one row
-        per method (``{"method": name, label: value, ...}``), one batch per metric."""
-        entry, expl = self.images[key], self.images[key].by_layer[layer]
-        methods = list(expl)
+    def measure(self, key: str, layer: str, k: int, methods: Sequence[str] | None = None
+                ) -> list[dict[str, Any]]:
+        """The faithfulness metrics of the maps of the ``k``-th class by ``methods`` (default
+        every computed one): one row per method (``{"method": name, label: value, ...}``),
+        one batch per metric."""
+        entry = self.images[key]
+        methods = list(methods or entry.by_layer[layer])
+        for m in methods:
+            self.explanation(key, layer, m)
+        expl = entry.by_layer[layer]
         maps = torch.stack([expl[m][:, k] for m in methods])  # (M, 1, H, W)
         x = entry.x.expand(len(methods), -1, -1, -1)
         targets = expl.classes[:, k : k + 1].expand(len(methods), 1)
