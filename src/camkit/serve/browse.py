@@ -186,7 +186,7 @@ class Browser:
 
 def _file_source(results: DatasetResults) -> FileSource | None:
     """The image files of the run, when its data was a ``folder:`` or ``list:`` spec."""
-    spec = results.manifest.get("info", {}).get("data")
+    spec = results.manifest.get("job", {}).get("data")
     try:
         source = as_source(spec) if isinstance(spec, str) else None
     except (ValueError, FileNotFoundError, OSError):
