@@ -212,7 +212,7 @@ def _explain_tab(h: ExplainHandlers) -> None:
         with gr.Column(scale=2):
             message = gr.Markdown(HINT, elem_id="message")
             picture = gr.Image(label="Map", type="numpy", interactive=False, elem_id="picture",
-                               format="png")
+                               format="png", height=448, buttons=["download", "fullscreen"])
             classes = gr.Radio([], label="Top classes (click one to explain it)",
                                elem_id="classes")
             with gr.Row():

@@ -1,0 +1,110 @@
+"""``camkit serve`` in a real browser: Debian's headless Chromium driven by selenium.
+
+Starts the server on a free localhost port, uploads a photo, clicks another class and
+another method and sees the map change, opens the Browse tab on a small explain-dataset run
+and sorts it by a metric. Every resource the page loads comes from the server (offline).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("gradio")
+
+from camkit.data import quokka  # noqa: E402
+from camkit.serve.app import build_app, launch  # noqa: E402
+from camkit.serve.browse import open_browser  # noqa: E402
+from camkit.serve.explorer import Explorer  # noqa: E402
+from tests.viz.report.test_browser import browser, console_errors  # noqa: E402, F401
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "serve-screenshot.png"
+WAIT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(small_run, lite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    out = tmp_path_factory.mktemp("serve-out")
+    app = build_app(Explorer(lite, out, top_k=3),
+                    open_browser(small_run.results, small_run.evaluation, lite))
+    url = launch(app, out, port=free_port(), block=False)
+    try:
+        yield url
+    finally:
+        app.close()
+
+
+def wait_for(driver: Any, script: str, *args: Any) -> Any:
+    """The first truthy value of ``script`` (polled), or a timeout failure naming it."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(
+        lambda d: d.execute_script(script, *args), message=script)
+
+
+MAP_SRC = "const i = document.querySelector('#picture img'); return i && i.src;"
+CHANGED = MAP_SRC.replace("return i && i.src;", "return i && i.src !== arguments[0] && i.src;")
+
+
+def choose(driver: Any, dropdown: str, option: str) -> None:
+    """Pick ``option`` in the Gradio drop-down with element id ``dropdown``."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, f"#{dropdown} input").click()
+    item = wait_for(driver, "return document.querySelector("
+                    "`li[role=option][aria-label='${arguments[0]}']`);", option)
+    item.click()
+
+
+def test_explain_then_browse(browser: Any, server: str, tmp_path: Path) -> None:  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    photo = tmp_path / "quokka.png"
+    quokka().image.save(photo)
+    browser.set_window_size(1280, 1000)
+    browser.get(server)
+    wait_for(browser, "return document.querySelector('#upload input[type=file]')")
+    browser.get_log("browser")
+    browser.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(photo))
+    first = wait_for(browser, MAP_SRC)
+    labels = wait_for(browser, "const l = document.querySelectorAll('#classes label');"
+                      "return l.length === 3 && Array.from(l);")
+    assert "gradcam" in browser.find_element(By.ID, "message").text
+
+    labels[1].click()  # another class: its map from the cache
+    second = wait_for(browser, CHANGED, first)
+    wait_for(browser, "return document.querySelector('#message').innerText.includes("
+             "arguments[0])", labels[1].text.split(" (")[0])
+
+    choose(browser, "method", "hirescam")  # another method of the same pass
+    wait_for(browser, CHANGED, second)
+    wait_for(browser, "return document.querySelector('#message').innerText"
+             ".startsWith('hirescam')")
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(SCREENSHOT))
+
+    tab = [t for t in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]")
+           if t.text == "Browse"]
+    tab[0].click()
+    captions = wait_for(browser, "const c = document.querySelectorAll('#gallery img');"
+                        "return c.length === 24 && Array.from(c).map(i => i.alt || '');")
+    assert len(captions) == 24
+    choose(browser, "sort", "increase-in-confidence")
+    info = wait_for(browser, "const t = document.querySelector('#browse-info').innerText;"
+                    "return t.includes('of 24') && t;")
+    assert "page 1 of 1" in info
+    assert console_errors(browser) == []
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)")
+    assert resources and all(r.startswith(server.rstrip("/")) for r in resources), [
+        r for r in resources if not r.startswith(server.rstrip("/"))]
