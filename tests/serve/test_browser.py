@@ -7,10 +7,11 @@ and sorts it by a metric. Every resource the page loads comes from the server (o
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -18,7 +19,7 @@ pytest.importorskip("gradio")
 
 from camkit.data import quokka  # noqa: E402
 from camkit.serve.app import build_app, launch  # noqa: E402
-from camkit.serve.browse import open_browser  # noqa: E402
+from camkit.serve.browse import Browser, open_browser  # noqa: E402
 from camkit.serve.explorer import Explorer  # noqa: E402
 from tests.viz.report.test_browser import browser, console_errors  # noqa: E402, F401
 
@@ -32,14 +33,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Server(NamedTuple):
+    url: str
+    browser: Browser  # what the Browse tab shows, to compare with
+
+
 @pytest.fixture(scope="module")
-def server(small_run, lite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(small_run, lite, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     out = tmp_path_factory.mktemp("serve-out")
-    app = build_app(Explorer(lite, out, top_k=3),
-                    open_browser(small_run.results, small_run.evaluation, lite))
+    rows = open_browser(small_run.results, small_run.evaluation, lite)
+    app = build_app(Explorer(lite, out, top_k=3), rows)
     url = launch(app, out, port=free_port(), block=False)
     try:
-        yield url
+        yield Server(url, rows)
     finally:
         app.close()
 
@@ -53,6 +59,7 @@ def wait_for(driver: Any, script: str, *args: Any) -> Any:
 
 
 MAP_SRC = "const i = document.querySelector('#picture img'); return i && i.src;"
+CAPTIONS = "Array.from(document.querySelectorAll('#gallery img')).map(i => i.alt)"
 CHANGED = MAP_SRC.replace("return i && i.src;", "return i && i.src !== arguments[0] && i.src;")
 
 
@@ -66,13 +73,13 @@ def choose(driver: Any, dropdown: str, option: str) -> None:
     item.click()
 
 
-def test_explain_then_browse(browser: Any, server: str, tmp_path: Path) -> None:  # noqa: F811
+def test_explain_then_browse(browser: Any, server: Server, tmp_path: Path) -> None:  # noqa: F811
     from selenium.webdriver.common.by import By
 
     photo = tmp_path / "quokka.png"
     quokka().image.save(photo)
     browser.set_window_size(1280, 1000)
-    browser.get(server)
+    browser.get(server.url)
     wait_for(browser, "return document.querySelector('#upload input[type=file]')")
     browser.get_log("browser")
     browser.find_element(By.CSS_SELECTOR, "#upload input[type=file]").send_keys(str(photo))
@@ -99,12 +106,18 @@ def test_explain_then_browse(browser: Any, server: str, tmp_path: Path) -> None:
     captions = wait_for(browser, "const c = document.querySelectorAll('#gallery img');"
                         "return c.length === 24 && Array.from(c).map(i => i.alt || '');")
     assert len(captions) == 24
+    before = captions
     choose(browser, "sort", "increase-in-confidence")
-    info = wait_for(browser, "const t = document.querySelector('#browse-info').innerText;"
-                    "return t.includes('of 24') && t;")
-    assert "page 1 of 1" in info
+    expected = [r.caption for r in server.browser.query("increase-in-confidence").rows]
+    assert expected != before
+    wait_for(browser, f"return JSON.stringify({CAPTIONS}) === arguments[0]",
+             json.dumps(expected, ensure_ascii=False))
+    values = [float(c.split("increase-in-confidence ")[1]) for c in expected
+              if "increase-in-confidence" in c]
+    assert len(values) == 12 and values == sorted(values)  # worst (lowest) first
+    assert "page 1 of 1" in browser.find_element(By.ID, "browse-info").text
     assert console_errors(browser) == []
     resources = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)")
-    assert resources and all(r.startswith(server.rstrip("/")) for r in resources), [
-        r for r in resources if not r.startswith(server.rstrip("/"))]
+    outside = [r for r in resources if not r.startswith(server.url.rstrip("/"))]
+    assert resources and outside == []

@@ -25,6 +25,7 @@ from camkit.serve.explorer import METRICS, VIEWS, Explorer, bundled_samples
 ALL_METHODS, ALL_CLASSES = "all methods", "all classes"
 PAGE_SIZE = 24
 TRACK_PROGRESS = gr.Progress(track_tqdm=True)  # Gradio fills it in for each call
+CSS = "#picture img { width: 100%; height: 100%; object-fit: contain; }"  # scale maps up
 HINT = "Upload an image or pick a sample."
 
 
@@ -257,7 +258,9 @@ def _browse_tab(h: BrowseHandlers) -> None:
     with gr.Row():
         results = gr.Textbox(str(h.browser.results.root) if h.browser else "",
                              label="explain-dataset folder", elem_id="results", scale=3)
-        evaluation = gr.Textbox("", label="evaluate results (optional)", scale=3)
+        evaluation = gr.Textbox(str(h.browser.evaluation.path) if h.browser and
+                                h.browser.evaluation else "",
+                                label="evaluate results (optional)", scale=3)
         open_ = gr.Button("Open", elem_id="open", scale=1)
     with gr.Row():
         sort = gr.Dropdown(sorts, value=sorts[0], label="Sort by", elem_id="sort")
@@ -308,5 +311,6 @@ def launch(app: gr.Blocks, out: Path, host: str = "127.0.0.1", port: int | None 
     app.queue(default_concurrency_limit=1)
     _, url, _ = app.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
                            allowed_paths=[str(out.resolve())], ssr_mode=False,
-                           mcp_server=False, quiet=True, footer_links=[], share=False)
+                           mcp_server=False, quiet=True, footer_links=[], share=False,
+                           css=CSS)
     return str(url)

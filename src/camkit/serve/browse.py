@@ -66,9 +66,10 @@ class Page:
 
 @dataclass
 class Evaluation:
-    """The per-sample values of an evaluate ``results.json``: ``values[(sample, method,
-    class)][metric]``, and which metrics are better high."""
+    """The per-sample values of an evaluate ``results.json`` (at ``path``):
+    ``values[(sample, method, class)][metric]``, and which metrics are better high."""
 
+    path: Path
     values: dict[tuple[str, str, int], dict[str, float]]
     higher_is_better: dict[str, bool]
 
@@ -85,7 +86,7 @@ class Evaluation:
                 values[(str(sample), method, int(cls_index))] = {
                     k: math.nan if v[n] is None else float(v[n]) for k, v in metrics.items()}
         better = {r["metric"]: bool(r["higher_is_better"]) for r in document["rows"]}
-        return cls(values, better)
+        return cls(file, values, better)
 
 
 class Browser:
