@@ -111,7 +111,7 @@ def test_explain_then_browse(browser: Any, server: Server, tmp_path: Path) -> No
     expected = [r.caption for r in server.browser.query("increase-in-confidence").rows]
     assert expected != before
     wait_for(browser, f"return JSON.stringify({CAPTIONS}) === arguments[0]",
-             json.dumps(expected, ensure_ascii=False))
+             json.dumps(expected, ensure_ascii=False, separators=(",", ":")))
     values = [float(c.split("increase-in-confidence ")[1]) for c in expected
               if "increase-in-confidence" in c]
     assert len(values) == 12 and values == sorted(values)  # worst (lowest) first
