@@ -3,8 +3,9 @@
 Model: the pretrained EfficientNet-Lite0 from PyPI (layer ``_bn1.act``) on the quokka photo,
 top-5 classes. The first explanation computes the asked method with the whole gradient
 family (the methods that need only the layer gradients: Grad-CAM, Grad-CAM++, XGrad-CAM,
-LayerCAM, HiResCAM, Eigen-Grad-CAM) for the five classes in one ``camkit.explain`` call; after it, switching class, method (of those computed), view or
-opacity only looks maps up and draws them.
+LayerCAM, HiResCAM, Eigen-Grad-CAM) for the five classes in one ``camkit.explain`` call;
+after it, switching class, method (of those computed), view or opacity only looks maps up
+and draws them.
 """
 
 from __future__ import annotations
