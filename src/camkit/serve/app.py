@@ -236,9 +236,11 @@ def _explain_tab(h: ExplainHandlers) -> None:
                   [key, classes, picture, message])
     sample.input(lambda *a: opened(h.open_sample(*a)), [sample, *look],
                  [key, classes, picture, message])
-    for control in (classes, method, layer, view):
-        control.input(show, [key, classes, *look], [picture, message])
-    alpha.release(show, [key, classes, *look], [picture, message])
+    inputs, outputs = [key, classes, *look], [picture, message]
+    for control in (method, layer):  # may compute maps: queued, with progress
+        control.input(show, inputs, outputs)
+    for fast in (classes.input, view.input, alpha.release):  # cached maps: answered at once
+        fast(h.show, inputs, outputs, queue=False, show_progress="hidden")
     measure.click(h.measure, [key, classes, method, layer], table)
     download.click(h.download, [key, layer], [files, message])
 
