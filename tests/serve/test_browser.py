@@ -116,6 +116,10 @@ def test_explain_then_browse(browser: Any, server: Server, tmp_path: Path) -> No
               if "increase-in-confidence" in c]
     assert len(values) == 12 and values == sorted(values)  # worst (lowest) first
     assert "page 1 of 1" in browser.find_element(By.ID, "browse-info").text
+    browser.find_element(By.CSS_SELECTOR, "#gallery button.thumbnail-item").click()
+    side = wait_for(browser, "const c = Array.from(document.querySelectorAll('#side img'))"
+                    ".map(i => i.alt); return c.length === 2 && c;")
+    assert side == ["gradcam", "layercam"]  # every method of the first image, side by side
     assert console_errors(browser) == []
     resources = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)")
