@@ -68,8 +68,11 @@ def serve(
     folder.mkdir(parents=True, exist_ok=True)
     explorer = Explorer(loaded, folder, artifacts=artifacts, top_k=top_k)
     browser = None if results is None else open_browser(results, evaluation, loaded)
-    from camkit.serve.app import build_app, launch
-
+    try:
+        from camkit.serve.app import build_app, launch
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(f"camkit serve needs Gradio ({err}): pip install "
+                                  "'camkit[serve]'", name=err.name) from err
     return launch(build_app(explorer, browser), folder, host, port, block)
 
 
