@@ -12,6 +12,7 @@ import torchvision
 from torch import nn
 
 import camkit
+from camkit import capture
 from camkit.postprocess import minmax, postprocess
 from camkit.targets import Similarity, Target, TopK
 from tests.models import TinyCNN
@@ -227,6 +228,19 @@ def test_postprocess_matches_its_formula_and_leaves_the_raw_maps_alone(size):
     minmax(up)
     assert torch.equal(up, copy_)
 
+
+@pytest.mark.parametrize("side", [1, 2])
+def test_a_constant_small_map_is_flagged_before_upsampling_ripples(side):
+    """A 1 × 1 or 2 × 2 layer (a ResNet on 32 × 32 images): the constant raw map must not
+    become a full-scale striped map after bilinear upsampling and min-max."""
+    raw = torch.full((1, 2, side, side), 4.8857)
+    raw[0, 1, 0, 0] *= 1 + 1e-7  # a rounding-size difference is constant too
+    maps, constant = postprocess(raw, (224, 224))
+    assert constant.all() and torch.equal(maps, torch.zeros_like(maps))
+    varying = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    maps, constant = postprocess(varying, (224, 224))
+    assert not constant.any() and float(maps.max()) == pytest.approx(1.0, abs=1e-6)
+
 # --- clear errors ---------------------------------------------------------------------------
 
 
@@ -248,7 +262,7 @@ def test_clear_errors(tiny, images, kwargs, message):
 
 def test_layer_never_reached(tiny, images):
     tiny.unused = nn.Conv2d(3, 3, 1)
-    with pytest.raises(RuntimeError, match="not reached"):
+    with pytest.raises(capture.LayerNotReachedError, match="not reached"):
         camkit.explain(tiny, images, layer="unused")
 
 

@@ -3,18 +3,30 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import batch, embedding, memory, methods, metrics, targets
+from . import embedding, memory, methods, metrics, targets
 from .api import CAMMethod, Explanation, available_methods, explain, method_class
+from .detection import BoxScoreTarget
 from .evaluate import EvaluationResults, available_metrics, evaluate
+from .segmentation import SemanticSegmentationTarget
+from .targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputSigmoidTarget,
+    ClassifierOutputSoftmaxTarget,
+    RawScoresOutputTarget,
+)
 
 __version__ = "0.1.0"
 
 CAM = method_class("CAM", "cam")
 GradCAM = method_class("GradCAM", "gradcam")
+FullGrad = method_class("FullGrad", "fullgrad")
 GradCAMPlusPlus = method_class("GradCAMPlusPlus", "gradcam++")
+SmoothGradCAMPlusPlus = method_class("SmoothGradCAMPlusPlus", "smoothgradcam++")
 XGradCAM = method_class("XGradCAM", "xgradcam")
+ShapleyCAM = method_class("ShapleyCAM", "shapleycam")
 LayerCAM = method_class("LayerCAM", "layercam")
 HiResCAM = method_class("HiResCAM", "hirescam")
+GradCAMElementWise = method_class("GradCAMElementWise", "gradcam-elementwise")
 GuidedBackprop = method_class("GuidedBackprop", "guided-backprop")
 GuidedGradCAM = method_class("GuidedGradCAM", "guided-gradcam")
 ScoreCAM = method_class("ScoreCAM", "scorecam")
@@ -23,34 +35,46 @@ ISCAM = method_class("ISCAM", "iscam")
 AblationCAM = method_class("AblationCAM", "ablationcam")
 EigenCAM = method_class("EigenCAM", "eigencam")
 EigenGradCAM = method_class("EigenGradCAM", "eigengradcam")
+KPCACAM = method_class("KPCACAM", "kpcacam")
+FEM = method_class("FEM", "fem")
 Occlusion = method_class("Occlusion", "occlusion")
+RISE = method_class("RISE", "rise")
 MCAM = method_class("MCAM", "mcam")
 EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
-    "CAM", "ISCAM", "MCAM", "SSCAM", "AblationCAM", "CAMMethod", "EigenCAM", "EigenGradCAM",
-    "EmbeddingGradCAM", "EvaluationResults", "Explanation", "GradCAM", "GradCAMPlusPlus",
-    "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "LayerCAM", "Occlusion", "ScoreCAM", "XGradCAM",
+    "AblationCAM", "BinaryClassifierOutputTarget", "BoxScoreTarget", "CAM", "CAMMethod",
+    "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "EigenCAM", "EigenGradCAM",
+    "EmbeddingGradCAM", "EvaluationResults", "Explanation", "FEM", "FullGrad", "GradCAM",
+    "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM", "ISCAM",
+    "KPCACAM", "LayerCAM", "MCAM", "Occlusion", "RISE", "RawScoresOutputTarget", "SSCAM",
+    "ScoreCAM", "SemanticSegmentationTarget", "ShapleyCAM", "SmoothGradCAMPlusPlus", "XGradCAM",
     "available_methods", "available_metrics", "batch", "embedding", "evaluate", "explain",
     "explanation_to_html", "memory", "method_class", "methods", "metrics", "report",
     "save_explanation", "serve", "targets",
 ]
 
-_FROM_REPORT = ("explanation_to_html", "save_explanation")
+# Applications, imported on first use: `import camkit` loads no HTML report, no job runner
+# and no web server.
+_LAZY = {
+    "batch": ("camkit.batch", None),
+    "report": ("camkit.viz.report", None),
+    "explanation_to_html": ("camkit.viz.report", "explanation_to_html"),
+    "save_explanation": ("camkit.viz.report", "save_explanation"),
+    "serve": ("camkit.serve", None),  # the package, callable as camkit.serve(...)
+}
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
+    from . import batch
     from .serve import serve
     from .viz import report
     from .viz.report import explanation_to_html, save_explanation
 else:
 
     def __getattr__(name: str) -> Any:
-        """``camkit.report`` and its functions, and ``camkit.serve``, imported on first use:
-        ``import camkit`` loads no HTML and no web server."""
-        if name == "serve":  # the package, callable as camkit.serve(...)
-            return importlib.import_module(".serve", __name__)
-        if name == "report" or name in _FROM_REPORT:
-            from .viz import report
-
-            return report if name == "report" else getattr(report, name)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        """The names of :data:`_LAZY`, imported on first use."""
+        if name not in _LAZY:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        module_name, attribute = _LAZY[name]
+        module = importlib.import_module(module_name)
+        return module if attribute is None else getattr(module, attribute)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from . import capture
 from .capture import LayerPass
 from .capture.layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
+from .fusion import check_fusion, fuse
 from .methods import registry
 from .methods.registry import GRADIENTS, INPUT_GRADIENTS, Method
-from .postprocess import postprocess
+from .postprocess import minmax, postprocess
 from .targets import ScoreFn, TargetSpec, resolve
 
 
@@ -30,16 +31,27 @@ class Explanation(Mapping[str, Tensor]):
     ``expl.scores`` the ``(B, K)`` target scores; ``expl.outputs`` the model output;
     ``expl.layer`` the target layer's name; ``expl.details`` what methods reported.
 
+    With several layers (``layer=[...]``), ``expl[name]`` is the fused map, ``expl.raw[name]``
+    the fusion before its min-max, ``expl.layer`` the names joined by ``+``, and
+    ``expl.per_layer[layer_name]`` each layer's own :class:`Explanation`.
+
     Plain data: :func:`camkit.explanation_to_html` writes its HTML report and
     :func:`camkit.save_explanation` the report, PNG figures and maps.
     """
 
     def __init__(self, maps: dict[str, Tensor], raw: dict[str, Tensor],
                  constant: dict[str, Tensor], targets: Tensor | None, scores: Tensor,
-                 outputs: Any, layer: str, details: dict[str, Any]) -> None:
+                 outputs: Any, layer: str, details: dict[str, Any],
+                 per_layer: dict[str, Explanation] | None = None) -> None:
         self.maps, self.raw, self.constant = maps, raw, constant
         self.targets, self.scores, self.outputs = targets, scores, outputs
         self.layer, self.details = layer, details
+        self.per_layer = per_layer or {}
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The names of the explained layers (one, or each fused layer)."""
+        return tuple(self.per_layer) or (self.layer,)
 
     def __getitem__(self, method: str) -> Tensor:
         if method not in self.maps:
@@ -78,11 +90,14 @@ def as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
     first = inputs[0]
     if first.dim() == 3:
         inputs = tuple(t.unsqueeze(0) for t in inputs)
+        first = inputs[0]
     elif first.dim() != 4:
         raise ValueError(
             f"x must be an image batch (B, C, H, W) or one image (C, H, W); got shape "
             f"{tuple(first.shape)}"
         )
+    if first.shape[0] == 0:
+        raise ValueError("x holds no images (a batch of 0); pass at least one image")
     for t in inputs:
         if t.is_floating_point() and _not_finite(t):
             raise ValueError("x contains NaN or infinite values; clean the input first")
@@ -109,6 +124,16 @@ def resolve_layer(
             f"layer must be a module, a dotted name or None, got {type(layer).__name__}"
         )
     return layer, find_layer(model, layer)
+
+
+def resolve_layers(
+    model: nn.Module, layer: LayerSpec | Sequence[nn.Module | str], inputs: tuple[Tensor, ...]
+) -> dict[str, nn.Module]:
+    """The target layers as ``{dotted name: module}``: one, or each of a list."""
+    specs = list(layer) if isinstance(layer, (list, tuple)) else [cast(LayerSpec, layer)]
+    if not specs:
+        raise ValueError("layer=[] names no layer; give a layer, a list of layers or None")
+    return dict(resolve_layer(model, spec, inputs) for spec in specs)
 
 
 def check_options(methods: list[Method], options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -141,11 +166,16 @@ def _layer_layout_inverse(raw: Tensor, spatial: Tensor) -> Reshape:
     return unsupported
 
 
-def _gradients(scores: Tensor, wrt: Tensor, reshape: Reshape | None) -> Tensor:
-    """``(B, K, C, h, w)`` float32 gradients of ``scores`` at the layer, in spatial layout."""
-    grads = capture.batched_grad(scores, wrt)
+def _spatial(grads: Tensor, reshape: Reshape | None) -> Tensor:
+    """Layer-layout gradients ``(B, K, ...)`` → ``(B, K, C, h, w)`` float32, spatial layout."""
     spatial = to_spatial(grads.flatten(0, 1), reshape)
     return spatial.unflatten(0, grads.shape[:2]).float()
+
+
+def _gradients(scores: Tensor, wrt: tuple[Tensor, ...], reshape: Reshape | None) -> list[Tensor]:
+    """``(B, K, C, h, w)`` float32 gradients of ``scores`` at each layer, in spatial layout,
+    from one backward pass."""
+    return [_spatial(grads, reshape) for grads in capture.batched_grads(scores, wrt)]
 
 
 def explain(
@@ -153,11 +183,13 @@ def explain(
     x: Tensor | Sequence[Tensor],
     targets: TargetSpec = None,
     methods: str | Sequence[str] = ("gradcam",),
-    layer: LayerSpec = None,
+    layer: LayerSpec | Sequence[nn.Module | str] = None,
     *,
     reshape: Reshape | None = None,
     eval_mode: bool = True,
     seed: int = 0,
+    aug_smooth: bool = False,
+    fusion: str = "mean",
     **options: Any,
 ) -> Explanation:
     """Explain ``model``'s output on ``x`` with one or more methods, from one forward pass.
@@ -167,10 +199,16 @@ def explain(
         x: ``(B, C, H, W)``, ``(C, H, W)``, or a tuple of tensors for multi-input models.
         targets: see :mod:`camkit.targets` (``None`` = predicted class).
         methods: method names (``camkit.available_methods()``).
-        layer: module, dotted name, or ``None`` for the last spatial layer.
+        layer: module, dotted name, or ``None`` for the last spatial layer; or a list of them,
+            explained from the same forward and backward pass and fused.
         reshape: maps the layer output to ``(B, C, h, w)`` when it cannot be inferred.
         eval_mode: run the model in eval mode for the call (its flags are restored).
         seed: seeds the generator of stochastic methods.
+        aug_smooth: average each method's maps over the test-time augmentations of
+            :data:`AUGMENTATIONS` (horizontal flip × brightness 0.9, 1, 1.1), each map flipped
+            back, for the classes chosen on the clean input; six passes instead of one.
+        fusion: how several layers' maps become one (:func:`camkit.fusion.fuse`): ``"mean"``
+            of the normalised maps or ``"layercam"`` (tanh-scaled maximum).
         **options: method options (each method receives those it declares).
 
     Example: two methods, two target classes per image, one forward and one backward pass.
@@ -184,51 +222,128 @@ def explain(
     >>> list(expl), tuple(expl["gradcam"].shape), expl.targets.tolist()
     (['gradcam', 'layercam'], (2, 2, 32, 32), [[0, 3], [1, 2]])
     """
+    if aug_smooth:
+        return _augmentation_smoothed(model, x, targets, methods, layer, reshape=reshape,
+                                      eval_mode=eval_mode, seed=seed, fusion=fusion, **options)
     names = [methods] if isinstance(methods, str) else list(methods)
     chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
     per_method_options = check_options(chosen, options)
+    check_fusion(fusion)
     inputs = as_inputs(x)
-    layer_name, module = resolve_layer(model, layer, inputs)
+    layers = resolve_layers(model, layer, inputs)
     needs = frozenset().union(*(m.needs for m in chosen))
-    device = inputs[0].device
     grad_mode = torch.enable_grad() if needs & {GRADIENTS, INPUT_GRADIENTS} else torch.no_grad()
     with capture.borrowed(model, eval_mode), grad_mode:
-        cap = capture.run_forward(
-            model, module, layer_name, inputs,
+        cap = capture.run_forward_layers(
+            model, layers, inputs,
             layer_grad=GRADIENTS in needs, input_grad=INPUT_GRADIENTS in needs,
         )
         score_fn = resolve(targets, cap.outputs, inputs[0].shape[0])
         scores = _checked_scores(score_fn, cap.outputs, inputs[0].shape[0])
-        activations = to_spatial(cap.activation, reshape)
-        layer_pass = LayerPass(
-            activations=activations.detach().float(),
-            gradients=_gradients(scores, cap.activation, reshape) if GRADIENTS in needs else None,
-            input_gradients=(capture.batched_grad(scores, cap.inputs[0], guided=True).float()
-                             if INPUT_GRADIENTS in needs else None),
+        passes = _layer_passes(model, layers, inputs, cap, score_fn, scores, needs, reshape, seed)
+        del cap
+        raw = [{m.name: m.compute(layer_pass, **opts).float()
+                for m, opts in zip(chosen, per_method_options, strict=True)}
+               for layer_pass in passes]
+    per_layer = {p.layer_name: _explanation(chosen, r, p, score_fn.indices)
+                 for p, r in zip(passes, raw, strict=True)}
+    expl = per_layer[passes[0].layer_name] if len(passes) == 1 else _fused(per_layer, fusion)
+    for method, constant in expl.constant.items():
+        _warn_constant(method, constant)
+    return expl
+
+
+def _layer_passes(
+    model: nn.Module, layers: dict[str, nn.Module], inputs: tuple[Tensor, ...],
+    cap: capture.Capture, score_fn: ScoreFn, scores: Tensor, needs: frozenset[str],
+    reshape: Reshape | None, seed: int,
+) -> list[LayerPass]:
+    """One :class:`LayerPass` per captured layer; gradients of all from one backward pass."""
+    activations = [to_spatial(a, reshape) for a in cap.activations]
+    gradients: list[Tensor | None] = (
+        list(_gradients(scores, cap.activations, reshape)) if GRADIENTS in needs
+        else [None] * len(layers))
+    input_gradients = (capture.batched_grad(scores, cap.inputs[0], cap.guided).float()
+                       if INPUT_GRADIENTS in needs else None)
+    outputs, device = _detached(cap.outputs), inputs[0].device
+    return [
+        LayerPass(
+            activations=spatial.detach().float(),
+            gradients=grads,
+            input_gradients=input_gradients,
             scores=scores.detach().float(),
             target_indices=score_fn.indices,
-            outputs=_detached(cap.outputs),
+            outputs=outputs,
             inputs=inputs,
             model=model,
             layer=module,
-            layer_name=layer_name,
+            layer_name=name,
             rescore_inputs=capture.rescorer_for_inputs(model, score_fn, len(inputs)),
             rescore_activations=capture.rescorer_for_activations(
-                model, module, cap.call, inputs, score_fn,
-                _layer_layout_inverse(cap.activation, activations)),
+                model, module, call, inputs, score_fn, _layer_layout_inverse(act, spatial)),
             input_size=(inputs[0].shape[-2], inputs[0].shape[-1]),
             generator=torch.Generator(device=device).manual_seed(seed),
             score_outputs=score_fn.score,
+            gradients_for_inputs=capture.layer_gradients_for_inputs(
+                model, module, call, score_fn, lambda grads: _spatial(grads, reshape)),
         )
-        del cap
-        raw = {m.name: m.compute(layer_pass, **opts).float()
-               for m, opts in zip(chosen, per_method_options, strict=True)}
+        for (name, module), act, spatial, grads, call in zip(
+            layers.items(), cap.activations, activations, gradients, cap.calls, strict=True)
+    ]
+
+
+def _explanation(chosen: list[Method], raw: dict[str, Tensor], layer_pass: LayerPass,
+                 targets: Tensor | None) -> Explanation:
+    """The post-processed maps of one layer."""
     maps, constant = {}, {}
     for m in chosen:
         maps[m.name], constant[m.name] = postprocess(raw[m.name], layer_pass.input_size, m.relu)
-        _warn_constant(m.name, constant[m.name])
-    return Explanation(maps, raw, constant, score_fn.indices, layer_pass.scores,
-                       layer_pass.outputs, layer_name, layer_pass.notes)
+    return Explanation(maps, raw, constant, targets, layer_pass.scores, layer_pass.outputs,
+                       layer_pass.layer_name, layer_pass.notes)
+
+
+def _fused(per_layer: dict[str, Explanation], fusion: str) -> Explanation:
+    """One :class:`Explanation` whose maps fuse each layer's (:func:`camkit.fusion.fuse`)."""
+    first = next(iter(per_layer.values()))
+    raw = {m: fuse([e[m] for e in per_layer.values()], fusion) for m in first}
+    maps, constant = {}, {}
+    for m in first:
+        maps[m], constant[m] = minmax(raw[m].clone(), inplace=True)
+    details = {name: e.details for name, e in per_layer.items()}
+    return Explanation(maps, raw, constant, first.targets, first.scores, first.outputs,
+                       "+".join(per_layer), details, per_layer)
+
+
+# Test-time augmentations of aug_smooth: (horizontal flip, brightness factor), clean first.
+AUGMENTATIONS = ((False, 1.0), (False, 0.9), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1))
+
+
+def _augmentation_smoothed(model: nn.Module, x: Tensor | Sequence[Tensor], targets: TargetSpec,
+                           methods: str | Sequence[str],
+                           layer: LayerSpec | Sequence[nn.Module | str], **settings: Any
+                           ) -> Explanation:
+    """``explain`` averaged over :data:`AUGMENTATIONS`: each augmented first input
+    ``flip(x) · factor`` is explained for the clean input's classes, its maps (and raw maps)
+    are flipped back, and the mean of the maps is min-max normalised again."""
+    inputs = as_inputs(x)
+    clean = explain(model, inputs, targets, methods, layer, **settings)
+    chosen = targets if clean.targets is None else clean.targets
+    runs = [clean]
+    for flip, factor in AUGMENTATIONS[1:]:
+        first = inputs[0].flip(-1) if flip else inputs[0]
+        expl = explain(model, (first * factor, *inputs[1:]), chosen, methods, layer, **settings)
+        if flip:
+            expl.maps = {name: m.flip(-1) for name, m in expl.maps.items()}
+            expl.raw = {name: m.flip(-1) for name, m in expl.raw.items()}
+        runs.append(expl)
+    maps, raw, constant = {}, {}, {}
+    for name in clean.maps:
+        mean = torch.stack([r.maps[name] for r in runs]).mean(dim=0)
+        maps[name], constant[name] = postprocess(mean, (mean.shape[-2], mean.shape[-1]), False)
+        raw[name] = torch.stack([r.raw[name] for r in runs]).mean(dim=0)
+    details = {**clean.details, "aug_smooth": {"augmentations": AUGMENTATIONS}}
+    return Explanation(maps, raw, constant, clean.targets, clean.scores, clean.outputs,
+                       clean.layer, details)
 
 
 def _checked_scores(score_fn: ScoreFn, outputs: Any, batch: int) -> Tensor:

@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 EPS = 1e-7
+RTOL = 1e-5  # relative spread below which a raw map counts as constant (float32 rounding)
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
@@ -31,12 +32,24 @@ def minmax(maps: Tensor, inplace: bool = False) -> tuple[Tensor, Tensor]:
     return shifted.mul_(scale).view_as(maps), ~varies.squeeze(2)
 
 
+def constant_maps(maps: Tensor, rtol: float = RTOL) -> Tensor:
+    """``(B, K)`` flags of the maps ``(B, K, h, w)`` whose spread ``max − min`` is at most
+    ``rtol`` times their largest magnitude: constant up to rounding (a 1 × 1 map always is)."""
+    flat = maps.flatten(2)
+    span = flat.amax(dim=2) - flat.amin(dim=2)
+    return span <= rtol * flat.abs().amax(dim=2)
+
+
 def postprocess(raw: Tensor, size: tuple[int, int], relu: bool = True) -> tuple[Tensor, Tensor]:
     """P(M): ReLU (unless the map is signed evidence), upsample to ``size``, min-max.
 
     ``raw`` is ``(B, K, h, w)``; returns ``(maps (B, K, H, W) in [0, 1], constant (B, K))``.
+    Constancy is decided at the layer's resolution, before upsampling, whose rounding ripples
+    min-max would otherwise stretch into a full-scale striped map; constant maps are zeros.
     """
     maps = raw.float().nan_to_num(0.0)  # a new tensor: the steps below may work in place
     if relu:
         maps.clamp_(min=0)
-    return minmax(upsample(maps, size), inplace=True)
+    constant = constant_maps(maps)
+    normalised, flat = minmax(upsample(maps, size), inplace=True)
+    return normalised.masked_fill_(constant[..., None, None], 0.0), constant | flat

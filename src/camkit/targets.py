@@ -17,7 +17,7 @@ import difflib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -30,6 +30,12 @@ def logits_of(outputs: Any) -> Tensor:
     Accepts a tensor, a tuple/list (first element), a dict (``"logits"`` or its only tensor)
     and any object with a ``.logits`` attribute (Hugging Face ``ModelOutput``).
     """
+    return _two_dimensional(output_tensor(outputs))
+
+
+def output_tensor(outputs: Any) -> Tensor:
+    """The score tensor inside whatever the model returned, of any shape (see
+    :func:`logits_of`)."""
     if isinstance(outputs, Tensor):
         logits = outputs
     elif hasattr(outputs, "logits"):
@@ -48,10 +54,18 @@ def logits_of(outputs: Any) -> Tensor:
     elif isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], Tensor):
         logits = outputs[0]
     else:
+        detector = isinstance(outputs, list) and outputs and isinstance(outputs[0], dict)
+        hint = ("a detector's boxes are explained with targets=camkit.BoxScoreTarget(boxes, "
+                "labels)" if detector else "pass targets=f(outputs) returning (B,) or (B, K) "
+                "scores")
         raise TypeError(
             f"cannot find class scores in a model output of type {type(outputs).__name__}; "
-            "pass targets=f(outputs) returning (B,) or (B, K) scores"
+            f"{hint}"
         )
+    return logits
+
+
+def _two_dimensional(logits: Tensor) -> Tensor:
     if logits.dim() != 2:
         raise ValueError(
             f"class scores must be (B, n_classes), the model gave {tuple(logits.shape)}; "
@@ -74,6 +88,16 @@ class Target(ABC):
 
     def indices(self, outputs: Any) -> Tensor | None:
         return None
+
+    def bind(self, outputs: Any) -> Target:
+        """This target fixed against the unperturbed ``outputs`` (e.g. a predicted region),
+        so that scores of modified inputs keep measuring the same thing."""
+        return self
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        """For class targets: the ``(B, n)`` scores the classes are read from, given the
+        model's score tensor (the logits themselves by default)."""
+        return logits
 
 
 @dataclass
@@ -107,6 +131,111 @@ class Similarity(Target):
         return F.cosine_similarity(emb.unsqueeze(1), ref, dim=-1)
 
 
+@dataclass(frozen=True)
+class Finer(Target):
+    """Finer-CAM's comparison target (Zhang et al., Finer-CAM, CVPR 2025, arXiv:2501.11309):
+    explain what sets the main class ``c`` apart from the classes most like it.
+
+    ``s = Σ_j p_j (y_c − α y_j) / Σ_j p_j`` over the comparison classes ``j``, the classes whose
+    logits are closest to ``y_c`` (``ranks`` 1, 2, 3 of ``|y_j − y_c|``: rank 0 is ``c``),
+    with ``p = softmax(y)``. ``main`` is one class for every image (``None``: each image's
+    top-1); ``alpha=0`` gives ``s = y_c``, the plain class score. Used with any method
+    (``camkit.explain(model, x, Finer(), ["gradcam"])`` is Finer-CAM). Methods that re-score
+    perturbed copies need the classes fixed on the clean output: pass
+    ``Finer().bound(model(x))``."""
+
+    ranks: tuple[int, ...] = (1, 2, 3)
+    alpha: float = 1.0
+    main: int | None = None
+    chosen: tuple[Tensor, Tensor] | None = None  # (B,) main and (B, J) comparison classes
+
+    def classes(self, outputs: Any) -> tuple[Tensor, Tensor]:
+        """The ``(B,)`` main and ``(B, J)`` comparison classes chosen on ``outputs``."""
+        logits = logits_of(outputs).detach()
+        if self.main is None:
+            main = logits.argmax(dim=1)
+        else:
+            main = torch.full((len(logits),), self.main, dtype=torch.long, device=logits.device)
+        distance = (logits - logits.gather(1, main[:, None])).abs()
+        distance.scatter_(1, main[:, None], -1.0)  # the main class ranks first, ties or not
+        return main, distance.argsort(dim=1)[:, list(self.ranks)]
+
+    def bound(self, outputs: Any) -> Finer:
+        """This target with its classes fixed on the clean ``outputs`` ``(B, n_classes)``."""
+        return Finer(self.ranks, self.alpha, self.main, self.classes(outputs))
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        if self.chosen is None and rows is not None:
+            raise ValueError("this method re-scores perturbed inputs: fix Finer's classes on "
+                             "the clean output first, targets=Finer().bound(model(x))")
+        main, compared = self.classes(outputs) if self.chosen is None else self.chosen
+        if rows is not None:
+            main, compared = main[rows.to(main.device)], compared[rows.to(compared.device)]
+        logits = logits_of(outputs)
+        probs = logits.softmax(dim=1).gather(1, compared)
+        gap = logits.gather(1, main[:, None]) - self.alpha * logits.gather(1, compared)
+        total = probs.sum(dim=1).clamp(min=torch.finfo(probs.dtype).tiny)
+        return ((probs * gap).sum(dim=1) / total)[:, None]
+
+
+ClassSpec = None | int | Sequence | Tensor  # the class forms of ``targets``
+
+
+@dataclass
+class ClassTarget(Target):
+    """Classes in any class form of ``targets`` (``None``: the predicted one), read from
+    :meth:`class_scores` of the model's score tensor instead of the logits themselves."""
+
+    classes: ClassSpec = None
+
+    def indices(self, outputs: Any) -> Tensor:
+        scores = _two_dimensional(self.class_scores(output_tensor(outputs)))
+        return cast(Tensor, resolve(self.classes, scores, scores.shape[0]).indices)
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        scores = _two_dimensional(self.class_scores(output_tensor(outputs)))
+        return scores.gather(1, self.indices(outputs))
+
+
+class ClassifierOutputSoftmaxTarget(ClassTarget):
+    """The softmax probability ``p_c = exp(z_c) / Σ_j exp(z_j)`` of each class, not its logit
+    ``z_c`` (its gradient also pushes the other classes down)."""
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        return logits.softmax(dim=1)
+
+
+class ClassifierOutputSigmoidTarget(ClassTarget):
+    """The sigmoid probability ``σ(z_c)`` of each class, for multi-label heads whose classes
+    are independent (give the ``(B, K)`` indices of the positive classes)."""
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        return logits.sigmoid()
+
+
+class BinaryClassifierOutputTarget(ClassTarget):
+    """A one-logit binary head (output ``z`` of shape ``(B,)`` or ``(B, 1)``): class 1 scores
+    ``z``, class 0 scores ``−z``; ``None`` picks the predicted class (1 where ``z > 0``)."""
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        z = logits.reshape(logits.shape[0], -1)
+        if z.shape[1] != 1:
+            raise ValueError(
+                f"a binary head has one logit per image, this model gives {z.shape[1]}; use "
+                "class indices (or ClassifierOutputSigmoidTarget for multi-label heads)"
+            )
+        return torch.cat([-z, z], dim=1)
+
+
+class RawScoresOutputTarget(Target):
+    """The model's output as it is, one map per output value: a regression head, a single
+    logit, an embedding (``(B,)``, ``(B, K)`` or any ``(B, ...)``, flattened)."""
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        scores = output_tensor(outputs)
+        return scores.reshape(scores.shape[0], -1)
+
+
 TargetSpec = None | int | Sequence | Tensor | Callable[[Any], Tensor] | Target
 # Target scores read from a model output: ``(outputs, rows) -> (n, K)``, where row ``i`` of the
 # output belongs to original image ``rows[i]`` (``rows=None``: the original batch).
@@ -124,6 +253,7 @@ class ScoreFn:
 
     indices: Tensor | None
     custom: Scores | None
+    view: Callable[[Tensor], Tensor] | None = None  # logits -> the scores classes index into
 
     @property
     def k(self) -> int | None:
@@ -134,7 +264,8 @@ class ScoreFn:
             return _as_bk(self.custom(outputs, rows), None)
         if self.indices is None:
             raise ValueError("a score function needs class indices or a custom score")
-        logits = logits_of(outputs)
+        logits = (logits_of(outputs) if self.view is None
+                  else _two_dimensional(self.view(output_tensor(outputs))))
         idx = self.indices if rows is None else self.indices[rows.to(self.indices.device)]
         return logits.gather(1, idx.to(logits.device))
 
@@ -154,10 +285,12 @@ def _as_bk(scores: Any, batch: int | None) -> Tensor:
 def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
     """Normalise ``targets`` for a batch of ``batch`` images whose model output is ``outputs``."""
     if isinstance(targets, Target):
-        indices = targets.indices(outputs)
+        bound = targets.bind(outputs)
+        indices = bound.indices(outputs)
         if indices is not None:
-            return ScoreFn(_checked(indices, outputs, batch), None)
-        return ScoreFn(None, targets.scores)
+            n_classes = _two_dimensional(bound.class_scores(output_tensor(outputs))).shape[1]
+            return ScoreFn(_checked(indices, n_classes, batch), None, bound.class_scores)
+        return ScoreFn(None, bound.scores)
     if callable(targets) and not isinstance(targets, Tensor):
         function = targets
         return ScoreFn(None, lambda outputs, rows: function(outputs))
@@ -166,6 +299,9 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
         return ScoreFn(logits.argmax(dim=1, keepdim=True), None)
     if isinstance(targets, bool) or isinstance(targets, float):
         raise TypeError(f"targets must be class indices, got {targets!r}")
+    if _holds_text(targets):
+        raise TypeError(f"targets must be class indices, got the text {targets!r}; turn class "
+                        "names into indices with camkit.targets.class_index(name, class_names)")
     if isinstance(targets, int):
         indices = torch.full((batch, 1), targets, dtype=torch.long, device=logits.device)
     else:
@@ -177,11 +313,17 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
             )
         if indices.dim() == 1:
             indices = indices.unsqueeze(1)
-    return ScoreFn(_checked(indices.long(), logits, batch), None)
+    return ScoreFn(_checked(indices.long(), logits.shape[1], batch), None)
 
 
-def _checked(indices: Tensor, outputs: Any, batch: int) -> Tensor:
-    n_classes = logits_of(outputs).shape[1]
+def _holds_text(targets: Any) -> bool:
+    """Whether ``targets`` is a string or a (nested) list or tuple holding one."""
+    if isinstance(targets, str):
+        return True
+    return isinstance(targets, (list, tuple)) and any(map(_holds_text, targets))
+
+
+def _checked(indices: Tensor, n_classes: int, batch: int) -> Tensor:
     if indices.dim() != 2 or indices.shape[0] != batch:
         raise ValueError(
             f"got targets of shape {tuple(indices.shape)} for a batch of {batch} images; give "

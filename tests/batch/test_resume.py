@@ -107,3 +107,37 @@ def test_killed_job_resumes_to_the_same_maps(tmp_path: Path) -> None:
         assert torch.equal(resumed.maps(method), reference.maps(method))
     assert torch.equal(resumed.scores(), reference.scores())
     assert torch.equal(resumed.targets(), reference.targets())
+
+
+# A job that takes the folder's lock, forks a data-loader-like child that keeps the lock file
+# open, and is then killed with SIGKILL: the child is orphaned and goes on holding the file.
+ORPHANING_JOB = """
+import os, signal, sys, time
+from pathlib import Path
+from camkit.batch.store import _take_lock
+_take_lock(Path(sys.argv[1]))
+child = os.fork()
+if child == 0:
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1), os.dup2(null, 2)  # let the caller's pipes close
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_dead_jobs_lock_does_not_block_while_its_workers_live(tmp_path: Path) -> None:
+    from camkit.batch.store import Store
+
+    out = tmp_path / "out"
+    out.mkdir()
+    job = subprocess.run([sys.executable, "-c", ORPHANING_JOB, str(out)], capture_output=True,
+                         text=True, env=os.environ | {"PYTHONPATH": "src"}, timeout=120)
+    orphan = int(job.stdout.split()[0])
+    try:
+        assert job.returncode == -signal.SIGKILL
+        with Store.open(out, {"shard_size": 1}, ["x"], {}, {}) as store:  # at once
+            assert store.pending
+    finally:
+        os.kill(orphan, signal.SIGKILL)

@@ -202,3 +202,38 @@ def test_command_line_runs_perturbation_methods_with_a_progress_bar(tmp_path, ca
     maps = np.load(tmp_path / "o" / "quokka" / "maps.npz")
     assert {"gradcam", "ablationcam", "eigencam"} <= set(maps.files)
     assert maps["ablationcam"].shape == (1, 224, 224)
+
+
+class WithTensorConstant(nn.Module):
+    """A forward that builds a tensor (``torch.fx`` stores it as ``_tensor_constant0``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc((self.conv(x) * torch.tensor([2.0])).mean((2, 3)))
+
+
+def test_a_traced_tensor_constant_survives_the_split(x):
+    """MaxViT's case: the constants tracing stores on the model reach the tail."""
+    model = WithTensorConstant().eval()
+    cut = split.split_model(model, model.conv)
+    acts = model.conv(x)
+    rows = torch.arange(len(x))
+    with torch.no_grad():
+        torch.testing.assert_close(cut.bind((x,))(acts, rows), model(x))
+    assert not hasattr(model, "_tensor_constant0")  # the model is left as it was
+
+
+def test_a_tail_that_cannot_be_cut_is_a_split_error(monkeypatch, x):
+    model = TinyCNN().eval()
+
+    def broken(*_args):
+        raise AttributeError("no such constant")
+
+    monkeypatch.setattr(split, "_cut", broken)
+    with pytest.raises(split.SplitError, match="cannot be cut"):
+        split.split_model(model, model.features, fresh=True)
+    expl = camkit.explain(model, x, 0, ["ablationcam"], "features")  # on the full model
+    assert expl["ablationcam"].shape == (2, 1, 8, 8) and not expl.constant["ablationcam"].any()

@@ -48,7 +48,7 @@ def test_fit_embedding_writes_a_bank_that_explain_uses(folder: Path, capsys) -> 
     assert bank.labels.tolist() == [0, 0, 0, 1, 1, 1]
 
     args = _parser().parse_args(["explain", "x.png", "--bank", str(out)])
-    options = explain.trained_artifacts(args)
+    options = explain.trained_artifacts(args, ["embedding-gradcam"], torch.device("cpu"))
     loaded = load_model("mobilenet_v3_small", random_init=True)
     torch.manual_seed(0)
     x = torch.randn(2, 3, 224, 224)
@@ -58,4 +58,5 @@ def test_fit_embedding_writes_a_bank_that_explain_uses(folder: Path, capsys) -> 
 
 
 def test_explain_without_bank_adds_no_option() -> None:
-    assert explain.trained_artifacts(_parser().parse_args(["explain", "x.png"])) == {}
+    args = _parser().parse_args(["explain", "x.png"])
+    assert explain.trained_artifacts(args, ["gradcam"], torch.device("cpu")) == {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,9 +27,9 @@ def zoo(monkeypatch) -> list[tuple]:
     def load_model(arch: str, weights: str | None = None, *, random_init: bool = False):
         calls.append((arch, weights, random_init))
         torch.manual_seed(0)
-        return SimpleNamespace(model=ShapeNet(classes=3, channels=4), layer="features",
-                               preprocess=Preprocess(16, (0.0,) * 3, (1.0,) * 3, None),
-                               class_names=["x", "y", "z"])
+        return camkit.zoo.LoadedModel(model=ShapeNet(classes=3, channels=4), layer="features",
+                                      preprocess=Preprocess(16, (0.0,) * 3, (1.0,) * 3, None),
+                                      class_names=["x", "y", "z"], input_size=16, arch=arch)
 
     monkeypatch.setattr(camkit.zoo, "load_model", load_model)
     return calls
@@ -105,4 +104,34 @@ def test_explain_uses_the_trained_memory(zoo, tmp_path: Path, capsys) -> None:
         assert maps["mcam"].shape == maps["gradcam"].shape == (1, 16, 16)
         assert 0 <= maps["mcam"].min() and maps["mcam"].max() <= 1
     assert camkit.cli.main([*argv[:-4], "--out", str(tmp_path / "o2")]) == 2  # no --memory
-    assert "mcam needs a trained memory" in capsys.readouterr().err
+    assert "--methods mcam needs --memory FILE" in capsys.readouterr().err
+
+
+def test_with_a_memory_every_method_explains_the_memorys_classes(zoo, tmp_path, capsys):
+    """One target vocabulary per run: the memory's (its head follows the network's layer)."""
+    memory_file = tmp_path / "memory.safetensors"
+    write_folders(tmp_path / "data")
+    assert camkit.cli.main(["train-memory", "--data", f"folder:{tmp_path / 'data'}", "--out",
+                            str(memory_file), "--arch", "a", "--epochs", "1",
+                            "--no-progress"]) == 0
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (20, 24), (90, 40, 9)).save(image)
+    base = ["explain", str(image), "--arch", "a", "--methods", "gradcam,mcam", "--memory",
+            str(memory_file)]
+    assert camkit.cli.main([*base, "--target", "sick", "--out", str(tmp_path / "o")]) == 0
+    with np.load(tmp_path / "o" / "photo" / "maps.npz") as maps:
+        assert int(maps["targets"][0]) == 1  # "sick", for Grad-CAM and M-CAM alike
+    capsys.readouterr()
+    assert camkit.cli.main([*base, "--target", "z", "--out", str(tmp_path / "o2")]) == 2
+    assert "no class named 'z'" in capsys.readouterr().err  # a network class, not the memory's
+
+
+def test_train_memory_says_when_it_resumes(zoo, tmp_path, capsys):
+    argv = ["train-memory", "--data", "synthetic:4", "--out", str(tmp_path / "m.safetensors"),
+            "--arch", "a", "--layer", "features.2", "--checkpoint-dir", str(tmp_path / "ck"),
+            "--no-progress", "--epochs"]
+    assert camkit.cli.main([*argv, "1"]) == 0
+    assert "resuming" not in capsys.readouterr().err
+    assert camkit.cli.main([*argv, "2"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "after epoch 1" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import io
 import json
 import math
@@ -340,3 +341,24 @@ def test_energy_leak_onto_a_named_partner(model):
     values = results.values["gradcam"]["energy-leak"]
     assert values[0] == pytest.approx(expected, rel=1e-5)
     assert np.isnan(values[1:]).all()  # no partner named for the other two classes
+
+
+def test_one_progress_bar_counts_every_explanation(model, capsys, monkeypatch):
+    """The run's bar counts (image, method) pairs; Score-CAM's own bar stays off."""
+    harness = importlib.import_module("camkit.evaluate.harness")  # camkit.evaluate: the call
+    updates: list[tuple[str, int, int]] = []
+    real = harness.Progress
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def update(self, n: int = 1) -> None:
+            updates.append((self.desc, n, self.total))
+            super().update(n)
+
+    monkeypatch.setattr(harness, "Progress", Recording)
+    items = multilabel_data()[:5]
+    evaluate(model, items, ["gradcam", "scorecam"], ["average-drop"], "features",
+             batch_size=2, progress=True)
+    assert {total for _, _, total in updates} == {10}
+    assert sum(n for _, n, _ in updates) == 10
+    err = capsys.readouterr().err
+    assert "evaluate" in err and "scorecam" not in err

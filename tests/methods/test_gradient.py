@@ -34,12 +34,13 @@ def slow_maps(method, act, grad):
     c, h, w = act.shape
     z = h * w
     out = torch.zeros(h, w)
-    if method in ("layercam", "hirescam"):
+    if method in ("layercam", "hirescam", "gradcam-elementwise"):
         for k in range(c):
             for i in range(h):
                 for j in range(w):
                     g = max(grad[k, i, j], 0.0) if method == "layercam" else grad[k, i, j]
-                    out[i, j] += g * act[k, i, j]
+                    product = g * act[k, i, j]
+                    out[i, j] += max(product, 0.0) if method == "gradcam-elementwise" else product
         return out
     for k in range(c):
         if method == "gradcam":
@@ -61,7 +62,8 @@ def slow_maps(method, act, grad):
     return out
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
+                                    "gradcam-elementwise"])
 @pytest.mark.parametrize("model_name", ["tiny", "deep"])
 def test_method_matches_slow_loops(method, model_name, request, images):
     model = request.getfixturevalue(model_name)
@@ -142,7 +144,7 @@ def test_gradcam_plus_plus_closed_form_equals_general_formula_with_autograd():
 
 
 ALL_GRADIENT = ["cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam",
-                "guided-backprop", "guided-gradcam"]
+                "gradcam-elementwise", "guided-backprop", "guided-gradcam"]
 
 
 def test_k_targets_in_one_call_equal_k_separate_calls(tiny, images):

@@ -44,20 +44,27 @@ class ModelSpec:
     weights: str | None = None
     random_init: bool = False
     seed: int = 0
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
 
     def load(self) -> LoadedModel:
         """Build the model (the global random state is left as it was)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            return load_model(self.arch, self.weights, random_init=self.random_init)
+            return load_model(self.arch, self.weights, random_init=self.random_init,
+                              num_classes=self.num_classes, class_names=self.class_names)
 
     def settings(self) -> dict[str, Any]:
         """What identifies the model's weights: the architecture and a hash of the weights
         file (the file's path may change between runs)."""
-        return {"arch": self.arch,
-                "weights_sha256": None if self.weights is None else file_sha256(self.weights),
-                "random_init": self.random_init,
-                "seed": self.seed if self.random_init and self.weights is None else None}
+        settings: dict[str, Any] = {
+            "arch": self.arch,
+            "weights_sha256": None if self.weights is None else file_sha256(self.weights),
+            "random_init": self.random_init,
+            "seed": self.seed if self.random_init and self.weights is None else None}
+        if self.num_classes is not None:  # absent otherwise, so older jobs still resume
+            settings["num_classes"] = self.num_classes
+        return settings
 
 
 def file_sha256(path: str) -> str:

@@ -7,6 +7,7 @@ a rerun resumes with the shards that are not complete.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import warnings
@@ -29,6 +30,7 @@ from .sources import LoadedBatch, Source, as_source, fingerprint, load_range
 from .store import BatchResult, Store
 
 ENGINES = ("local", "ray")
+MAX_DEFAULT_SHARD = 1000
 Range = tuple[int, int]
 
 
@@ -44,7 +46,7 @@ def explain_dataset(
     ids: Sequence[str] | None = None,
     batch_size: int = 32,
     workers: int = 2,
-    shard_size: int = 1000,
+    shard_size: int | None = None,
     map_size: int | None = None,
     engine: str = "local",
     device: str | None = None,
@@ -67,7 +69,8 @@ def explain_dataset(
         ids: the image ids of a Python data set (default ``"0"``, ``"1"``, ...).
         batch_size: images per ``camkit.explain`` call.
         workers: image-decoding processes of the local engine (0: decode in this process).
-        shard_size: images per shard file (the unit of resumption).
+        shard_size: images per shard file (the unit of resumption); default
+            :func:`default_shard_size`.
         map_size: stored maps are ``map_size × map_size`` (area-averaged); default the
             model's input size.
         engine: ``"local"`` (this process) or ``"ray"`` (a Ray cluster, see
@@ -81,8 +84,9 @@ def explain_dataset(
     Returns:
         The folder's :class:`DatasetResults` (maps by image id).
     """
-    _check_arguments(batch_size, shard_size, workers, engine)
     source = as_source(data, ids)
+    shard_size = shard_size or default_shard_size(len(source.ids), batch_size)
+    _check_arguments(batch_size, shard_size, workers, engine)
     spec = as_model_spec(model)
     loaded = spec.load()
     job = Job.create(spec, loaded, methods, layer, target, options or {}, map_size)
@@ -101,6 +105,12 @@ def explain_dataset(
                                      actors=ray_actors)
         write_shards(store, results, progress)
     return open_results(out)
+
+
+def default_shard_size(images: int, batch_size: int) -> int:
+    """A twentieth of the job, at least one batch and at most 1000 images: an interrupted
+    short job keeps most of its work, a long one writes few files."""
+    return min(MAX_DEFAULT_SHARD, max(batch_size, math.ceil(images / 20)))
 
 
 def _check_arguments(batch_size: int, shard_size: int, workers: int, engine: str) -> None:

@@ -5,7 +5,7 @@ Layout of a folder ``DIR``::
     DIR/manifest.json               settings, versions, shard list and completion
     DIR/ids.json                    the image ids of the data set, in order
     DIR/shard-00000.safetensors     the results of images start..stop of shard 0
-    DIR/.lock                       held (flock) by the job writing the folder
+    DIR/.lock                       locked (lockf) by the job writing the folder
 
 Every file is written to a temporary name in ``DIR``, flushed with ``fsync`` and renamed over
 its final name with ``os.replace``, so a reader sees either the old file or the complete new
@@ -16,9 +16,11 @@ dies leaves at most a temporary file, which the next job deletes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,8 @@ import safetensors.numpy
 FORMAT = "camkit.batch"
 FORMAT_VERSION = 1
 MANIFEST, IDS, LOCK = "manifest.json", "ids.json", ".lock"
+_held: dict[str, int] = {}  # lock file -> descriptor, of the folders this process writes
+_held_guard = threading.Lock()
 TEMP_SUFFIX = ".tmp"
 
 
@@ -221,7 +225,7 @@ class Store:
             store = cls(root, manifest, ids, lock)
             store.recheck()
         except BaseException:
-            os.close(lock)
+            _release_lock(lock)
             raise
         return store
 
@@ -265,7 +269,7 @@ class Store:
 
     def close(self) -> None:
         """Release the folder's lock."""
-        os.close(self._lock)
+        _release_lock(self._lock)
 
     def __enter__(self) -> Store:
         return self
@@ -279,14 +283,37 @@ def _intact(path: Path, size: int) -> bool:
 
 
 def _take_lock(root: Path) -> int:
-    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise FolderBusy(f"another camkit job is writing into {root}; wait for it to finish "
-                         "or choose another output folder") from None
+    """Lock ``root/.lock`` for this process: a POSIX record lock (``lockf``), which belongs
+    to the process alone, so it dies with it even while forked data-loader workers still
+    hold the file open (a ``flock`` would stay held by them). Such a lock does not exclude
+    the process itself, so the folders this process holds are also remembered."""
+    path = os.path.realpath(root / LOCK)
+    with _held_guard:
+        if path in _held:
+            raise _busy(root)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EACCES, errno.EAGAIN):
+                raise _busy(root) from None
+            raise
+        _held[path] = fd
     return fd
+
+
+def _release_lock(fd: int) -> None:
+    with _held_guard:
+        for path, held in list(_held.items()):
+            if held == fd:
+                del _held[path]
+        os.close(fd)
+
+
+def _busy(root: Path) -> FolderBusy:
+    return FolderBusy(f"another camkit job is writing into {root}; wait for it to finish or "
+                      "choose another output folder")
 
 
 def _existing(root: Path, settings: dict[str, Any],

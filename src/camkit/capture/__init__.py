@@ -22,19 +22,27 @@ from .batches import (
 )
 from .hooks import (
     Capture,
+    LayerNotReachedError,
     batched_grad,
+    batched_grads,
     borrowed,
+    layer_gradients_for_inputs,
     layer_hook,
+    model_lock,
+    module_output_gradients,
     rescorer_for_activations,
     rescorer_for_inputs,
     run_forward,
+    run_forward_layers,
 )
 from .layer_pass import LayerPass
 from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
 
 __all__ = [
-    "BATCH_OPTIONS", "DEFAULT_MAX_BATCH_MEMORY", "Batching", "Capture", "LayerPass", "LayerSpec",
-    "Reshape", "batched_grad", "borrowed", "choose_layer", "find_layer", "forward_bytes",
-    "input_scorer", "layer_hook", "module_name", "rescorer_for_activations",
-    "rescorer_for_inputs", "run_forward", "run_items", "to_spatial",
+    "BATCH_OPTIONS", "Batching", "Capture", "DEFAULT_MAX_BATCH_MEMORY", "LayerNotReachedError",
+    "LayerPass", "LayerSpec", "Reshape", "batched_grad", "batched_grads", "borrowed",
+    "choose_layer", "find_layer", "forward_bytes", "input_scorer", "layer_gradients_for_inputs",
+    "layer_hook", "model_lock", "module_name", "module_output_gradients",
+    "rescorer_for_activations", "rescorer_for_inputs", "run_forward", "run_forward_layers",
+    "run_items", "to_spatial",
 ]

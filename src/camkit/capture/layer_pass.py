@@ -37,6 +37,10 @@ class LayerPass:
         notes: free-form facts methods report (e.g. which execution path was taken).
         score_outputs: ``f(outputs, rows) -> (n, K)``: the target scores read from a model
             output (for methods that run part of the model themselves), or ``None``.
+        gradients_for_inputs: ``f(inputs, rows, hessian=False) -> (n, K, C, h, w)``: float32
+            gradients of the target scores at the layer when the model runs on new inputs
+            (with ``hessian=True`` also the Hessian-vector products ``H A``: ``(2, n, K, C, h,
+            w)``), or ``None``.
     """
 
     activations: Tensor
@@ -55,6 +59,12 @@ class LayerPass:
     generator: torch.Generator | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     score_outputs: Scores | None = None
+    gradients_for_inputs: Callable[..., Tensor] | None = None
+
+    @property
+    def gradients_at(self) -> Callable[..., Tensor]:
+        """:attr:`gradients_for_inputs` (set by ``camkit.explain`` for every pass)."""
+        return _present(self.gradients_for_inputs, "a gradient taker", "nothing")
 
     @property
     def layer_gradients(self) -> Tensor:

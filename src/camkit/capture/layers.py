@@ -57,7 +57,12 @@ def is_spatial(t: object) -> bool:
 
 
 def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
-    """The last module on the forward path whose output is spatial ``(B, C, h, w)``.
+    """The automatic target layer: the last module on the forward path whose output is
+    spatial ``(B, C, h, w)``; but for a model that ends in tokens (a vision transformer, after
+    its patch embedding) the first module of its last block with a token-grid output
+    ``(B, N, C)``, the input of the last block's attention (``blocks.-1.norm1`` in timm,
+    ``encoder.layers.-1.ln_1`` in torchvision), whose patch tokens still carry the class's
+    gradient (the final norm's, read only through the class token, do not).
 
     Runs one probe forward of the first image without gradients, once per model and input
     shape; the answer is cached.
@@ -67,26 +72,85 @@ def choose_layer(model: nn.Module, inputs: tuple[Tensor, ...]) -> str:
     if key in cached:
         return cached[key]
     names = {m: n for n, m in model.named_modules()}
-    last: list[str] = []
+    spatial: list[str] = []
+    tokens: list[str] = []  # token-grid outputs, in call order
+    called: list[str] = []  # every module, in the order its call returned
+    ends_in_tokens = False
 
-    def record(module: nn.Module, _args: object, output: object) -> None:
-        if is_spatial(output):
-            last.append(names[module])
+    def record(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        nonlocal ends_in_tokens
+        called.append(names[module])
+        if is_spatial(output) and _follows_an_input(output, (*args, *kwargs.values())):
+            spatial.append(names[module])
+            ends_in_tokens = False
+        elif is_token_grid(output):
+            tokens.append(names[module])
+            ends_in_tokens = True
 
-    handles = [m.register_forward_hook(record) for m in names if m is not model]
+    handles = [m.register_forward_hook(record, with_kwargs=True) for m in names if m is not model]
     try:
         with torch.no_grad():
             model(*(t[:1] for t in inputs))
     finally:
         for h in handles:
             h.remove()
-    if not last:
+    chosen = (last_block_input(model, called, tokens) if ends_in_tokens or not spatial
+              else spatial[-1])
+    if chosen is None:
         raise ValueError(
-            "found no layer with a spatial (B, C, h, w) output on the forward path; pass "
-            "layer= explicitly (for transformers, a block whose output is (B, N, C) tokens)"
+            "found no layer with a spatial (B, C, h, w) output, nor a transformer block with "
+            "token outputs, on the forward path; pass layer= explicitly"
         )
-    cached[key] = last[-1]
-    return last[-1]
+    cached[key] = chosen
+    return chosen
+
+
+def last_block_input(model: nn.Module, called: list[str], token_modules: list[str]
+                     ) -> str | None:
+    """Of the modules with token outputs (names in call order), the first one inside the
+    model's last block: the last-called child of a container of repeated blocks, descending
+    into nested ones (a Swin stage's blocks). ``called``: every module in call order."""
+    blocks = _repeated_blocks(model)
+    block: str | None = None
+    while True:
+        inner = [n for n in called if n in blocks
+                 and (block is None or n.startswith(block + "."))]
+        if not inner:
+            break
+        block = inner[-1]
+    if block is None:
+        return None
+    return next((n for n in token_modules if n.startswith(block + ".")), block)
+
+
+def _repeated_blocks(model: nn.Module) -> set[str]:
+    """Names of the blocks of ``Sequential`` / ``ModuleList`` containers of two or more
+    composite modules of one type (``blocks.3`` of timm's ViT, torchvision's
+    ``encoder.layers.encoder_layer_3``, a Swin stage and its blocks)."""
+    found = set()
+    for name, module in model.named_modules():
+        children = list(module.named_children())
+        if (isinstance(module, (nn.Sequential, nn.ModuleList)) and len(children) > 1
+                and len({type(c) for _, c in children}) == 1
+                and all(any(True for _ in c.children()) for _, c in children)):
+            found |= {f"{name}.{child}" if name else child for child, _ in children}
+    return found
+
+
+def is_token_grid(t: object) -> bool:
+    """True for ``(B, N, C)`` tokens that :func:`token_grid` turns into a grid."""
+    if not isinstance(t, Tensor) or t.dim() != 3:
+        return False
+    n = t.shape[1]
+    return any(n > extra and math.isqrt(n - extra) ** 2 == n - extra and n - extra > 1
+               for extra in EXTRA_TOKENS)
+
+
+def _follows_an_input(output: Any, args: tuple) -> bool:
+    """Whether the module was called on a tensor with the output's batch size: not a
+    parameter-only table such as a relative position bias ``(1, heads, N, N)``."""
+    return any(isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == output.shape[0]
+               for a in args)
 
 
 # Leading non-patch tokens: none, class, class + distillation (DeiT), 4 registers, class + 4.

@@ -176,8 +176,9 @@ def _trace(model: nn.Module, layer: nn.Module) -> Split:
     tracer = _Tracer(layer)
     # Tracing runs forward() on proxies: undo whatever it assigns to the modules' attributes.
     attributes = [(m, dict(m.__dict__)) for m in model.modules()]
-    try:
+    try:  # the GraphModule copies the constants tracing stored on the model, so build it here
         graph = tracer.trace(model)
+        root = fx.GraphModule(tracer.root, graph)
     except Exception as error:  # noqa: BLE001 - any tracing failure means "not splittable"
         raise SplitError(f"torch.fx cannot trace the model ({type(error).__name__}: {error})") \
             from error
@@ -185,12 +186,17 @@ def _trace(model: nn.Module, layer: nn.Module) -> Split:
         for module, saved in attributes:
             module.__dict__.clear()
             module.__dict__.update(saved)
-    root = fx.GraphModule(tracer.root, graph)
     calls = [n for n in graph.nodes
              if n.op == "call_module" and root.get_submodule(str(n.target)) is layer]
     if len(calls) != 1:
         raise SplitError(f"the layer is called {len(calls)} times in the traced forward pass")
-    return _cut(root, calls[0])
+    try:
+        return _cut(root, calls[0])
+    except SplitError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a graph that cannot be cut is not splittable
+        raise SplitError(f"the traced model cannot be cut ({type(error).__name__}: {error})") \
+            from error
 
 
 # model -> cut module -> training flag -> Split or the SplitError it raised

@@ -33,16 +33,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What an expected failure raises: bad arguments, unreadable or unfitting files, a busy output
+# folder (camkit's own errors are ValueErrors saying what to do), missing packages.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, ImportError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``camkit`` command; returns the exit status (2 for a usage or input
-    error, with the message on stderr)."""
+    error, with a one-line message on stderr)."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.run(args))
-    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"camkit: error: {err}", file=sys.stderr)
+    except EXPECTED_ERRORS as err:
+        print(f"camkit: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (an ``OSError`` names its file)."""
+    text = str(err)
+    if isinstance(err, OSError) and err.strerror and err.filename:
+        text = f"{err.filename}: {err.strerror}"
+    return " ".join(text.split()) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -7,10 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from camkit import zoo
 from camkit.data.specs import spec_help
+from camkit.methods import registry
 
 DEFAULT_ARCH = "efficientnet-lite0"
 
@@ -20,14 +24,63 @@ def names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    return _int_at_least(text, 1)
+
+
+def count(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+    return value
+
+
+def device(text: str | None) -> torch.device:
+    """``--device`` (``None``: CUDA when available, else the CPU), refused when that device is
+    not there."""
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: no CUDA GPU is available here; use --device cpu")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: there are {torch.cuda.device_count()} CUDA GPUs")
+    return chosen
+
+
+def output_folder(text: str) -> Path:
+    """``--out DIR``: refused when it names an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {text} is a file; give a folder (it is created if missing)")
+    return path
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, role: str = "") -> None:
-    """``--arch``, ``--weights``, ``--random-init`` and ``--layer``; ``role`` says what the
-    model's output is used as, for the ``--arch`` help."""
+    """``--arch``, ``--weights``, ``--num-classes``, ``--class-names``, ``--random-init`` and
+    ``--layer``; ``role`` says what the model's output is used as, for the ``--arch`` help."""
     parser.add_argument("--arch", default=DEFAULT_ARCH,
-                        help=f"{DEFAULT_ARCH} (pretrained, offline) or a torchvision model "
-                             f"name{role} (default {DEFAULT_ARCH})")
+                        help=f"{DEFAULT_ARCH} (pretrained, offline), a torchvision model name "
+                             f"or timm:NAME (a timm model){role} (default {DEFAULT_ARCH})")
     parser.add_argument("--weights", default=None, metavar="FILE",
-                        help="a local state dict for --arch (e.g. your fine-tuned network)")
+                        help="a local state dict for --arch (e.g. your fine-tuned network); "
+                             "its classifier sets the number of classes")
+    parser.add_argument("--num-classes", type=positive_int, default=None,
+                        help="classes of the network's head (default: from --weights)")
+    parser.add_argument("--class-names", default=None, metavar="FILE",
+                        help="a text file with one class name per line, in index order")
     parser.add_argument("--random-init", action="store_true",
                         help="untrained (seeded) weights, for trials without a weights file")
     parser.add_argument("--layer", default=None,
@@ -36,7 +89,21 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, role: str = "") -> N
 
 def load_model(args: argparse.Namespace) -> zoo.LoadedModel:
     """The model that :func:`add_model_arguments`' arguments name."""
-    return zoo.load_model(args.arch, args.weights, random_init=args.random_init)
+    head = {"num_classes": args.num_classes,
+            "class_names": read_class_names(args.class_names) if args.class_names else None}
+    return zoo.load_model(args.arch, args.weights, random_init=args.random_init,
+                          **{k: v for k, v in head.items() if v is not None})
+
+
+def read_class_names(path: str) -> list[str]:
+    """The non-empty lines of ``--class-names FILE``."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--class-names {path}: no such file")
+    names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"--class-names {path} holds no class names (one per line)")
+    return names
 
 
 def add_data_argument(parser: argparse.ArgumentParser, kinds: Sequence[str], *,
@@ -56,6 +123,17 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
     """``--progress/--no-progress`` (default: a bar for runs longer than a few seconds)."""
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: for runs longer than a few s)")
+
+
+def check_method_options(methods: Sequence[str], options: dict[str, Any], *,
+                         exclude: Sequence[str] = ()) -> None:
+    """Refuse an ``--option`` that none of ``methods`` accepts (``exclude``: options the
+    command sets from flags of their own), saying which ones they accept."""
+    accepted = {o for m in methods for o in registry.get_method(m).options} - set(exclude)
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"--option {unknown[0]}: no method of --methods {','.join(methods)} "
+                         f"takes it; they take: {', '.join(sorted(accepted)) or 'no options'}")
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:

@@ -7,38 +7,72 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from camkit import api
-from camkit.cli.arguments import add_methods_argument, add_model_arguments, load_model, names
+from camkit.cli.arguments import (
+    add_methods_argument,
+    add_model_arguments,
+    check_method_options,
+    load_model,
+    names,
+    output_folder,
+    parse_options,
+    positive_int,
+)
+from camkit.cli.arguments import device as device_argument
+from camkit.data.specs import folder_images, list_images, parse_spec
 from camkit.embedding import WeightBank
+from camkit.fusion import FUSIONS
 from camkit.memory import BiasReducingMemory
+from camkit.memory.network import MemoryNetwork
 from camkit.targets import class_index
-from camkit.viz.outputs import explain_images
+from camkit.viz.outputs import ExplainedImage, explain_images
 from camkit.viz.report import report_from_results
+from camkit.zoo import LoadedModel
+
+PREDICTED = ("pred", "predicted")
+IMAGE_SPECS = ("folder", "list")
+# The trained artefact each method needs, by its CLI flag, and where it comes from.
+ARTIFACTS = {"mcam": ("memory", "camkit train-memory"),
+             "embedding-gradcam": ("bank", "camkit fit-embedding")}
 
 
 def parse_target(text: str, class_names: Sequence[str]) -> int | None:
     """``pred`` → ``None`` (the predicted class); an index or a class name → its index."""
-    return None if text.lower() in ("pred", "predicted") else class_index(text, class_names)
+    return None if text.lower() in PREDICTED else class_index(text, class_names)
 
 
 def add_parser(subparsers: Any) -> None:
     """Add ``explain`` and ``methods`` to the ``camkit`` subcommands."""
     ex = subparsers.add_parser("explain", help="explain images with one or more methods")
-    ex.add_argument("images", nargs="+", help="image files (any format PIL reads)")
+    ex.add_argument("images", nargs="+", metavar="IMAGE",
+                    help="image files (any format PIL reads), folders (DIR or folder:DIR: "
+                         "every image under it) or list:FILE")
     add_methods_argument(ex)
     ex.add_argument("--target", default="pred",
-                    help="pred (the predicted class), a class index, or a class name")
+                    help="pred (the predicted class), a class index, or a class name; with "
+                         "--memory, of the memory's classes, for every method")
     add_model_arguments(ex)
+    ex.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda if any)")
+    ex.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                    help="a method option (repeatable), e.g. max_channels=64 or n_samples=8; "
+                         "VALUE is read as JSON when it parses")
+    ex.add_argument("--fusion", default="mean", choices=FUSIONS,
+                    help="with several layers (--layer layer3,layer4): how their maps become "
+                         "one (mean of the normalised maps, or Layer-CAM's tanh-scaled maximum)")
     ex.add_argument("--out", default="runs/explain", help="output folder")
-    ex.add_argument("--batch-size", type=int, default=8)
+    ex.add_argument("--batch-size", type=positive_int, default=8)
     ex.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map")
     ex.add_argument("--report", default=None, metavar="HTML",
                     help="also write a self-contained HTML report to this file")
     ex.add_argument("--memory", default=None, metavar="FILE",
-                    help="M-CAM memory for --methods mcam (from camkit train-memory)")
+                    help="M-CAM memory for --methods mcam (from camkit train-memory); the "
+                         "targets are then the memory's classes")
     ex.add_argument("--bank", default=None, metavar="FILE",
                     help="weight bank for --methods embedding-gradcam (from camkit "
                          "fit-embedding)")
@@ -51,40 +85,95 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``camkit explain``: per image its top predictions and output folder to stdout,
     unreadable images to stderr (exit status 1 when there were any)."""
-    loaded = load_model(args)
     methods = names(args.methods)
-    for m in methods:
-        api.registry.get_method(m)
+    options = parse_options(args.option)
+    check_method_options(methods, options, exclude=[flag for flag, _ in ARTIFACTS.values()])
+    device = device_argument(args.device)
+    out = output_folder(args.out)
+    paths = image_paths(args.images)
+    artifacts = trained_artifacts(args, methods, device)
+    network = load_model(args)
+    network.model.to(device)
+    loaded, layer = with_memory(network, artifacts.get("memory"), args.layer)
     target = parse_target(args.target, loaded.class_names)
-    paths = [Path(p) for p in args.images]
-    results, failed = explain_images(paths, loaded, methods, Path(args.out), target=target,
-                                     layer=args.layer, batch_size=args.batch_size,
-                                     alpha=args.alpha, options=trained_artifacts(args))
+    several = names(layer) if isinstance(layer, str) else []
+    results, failed = explain_images(paths, loaded, methods, out, target=target,
+                                     layer=several if len(several) > 1 else layer,
+                                     batch_size=args.batch_size, alpha=args.alpha,
+                                     options=options | artifacts | {"fusion": args.fusion})
     for r in results:
         best = ", ".join(f"{name} {p:.1%}" for name, p in r.predictions)
         print(f"{r.path}: {best}\n  → {r.out_dir}")
     if args.report:
-        report = report_from_results(
-            results, args.report, model=args.arch, layer=args.layer or loaded.layer,
-            methods=methods,
-            options={"target": args.target, "weights": args.weights or "packaged",
-                     "alpha": args.alpha},
-            command=shlex.join(["camkit", *args.argv]), alpha=args.alpha)
-        print(f"report → {report}")
+        print(f"report → {write_report(args, results, layer, methods, options)}")
     for path, reason in failed:
         print(f"camkit: skipped {path}: {reason}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def trained_artifacts(args: argparse.Namespace) -> dict[str, Any]:
+def write_report(args: argparse.Namespace, results: list[ExplainedImage], layer: str,
+                 methods: list[str], options: dict[str, Any]) -> Path:
+    """The ``--report`` HTML file of the run, with the settings that reproduce it."""
+    return report_from_results(
+        results, args.report, model=args.arch, layer=layer, methods=methods,
+        options={"target": args.target, "weights": args.weights or "packaged",
+                 "alpha": args.alpha, **options},
+        command=shlex.join(["camkit", *args.argv]), alpha=args.alpha)
+
+
+def image_paths(items: Sequence[str]) -> list[Path]:
+    """The image files named on the command line: files as given (a missing one is reported
+    as unreadable with the others); a folder (``DIR``, ``folder:DIR``) or ``list:FILE``
+    gives its images."""
+    paths: list[Path] = []
+    for item in items:
+        if Path(item).is_file() or (":" not in item and not Path(item).exists()):
+            paths.append(Path(item))
+            continue
+        spec = parse_spec(item, IMAGE_SPECS)
+        if spec.kind == "folder":
+            found = [Path(spec.args[0]) / f.relative for f in folder_images(spec.args[0], item)]
+        else:
+            base = Path(spec.args[0]).parent
+            found = [base / path for path, _ in list_images(spec.args[0], item)]
+        if not found:
+            raise ValueError(f"{item} holds no image files")
+        paths += found
+    return paths
+
+
+def trained_artifacts(args: argparse.Namespace, methods: Sequence[str],
+                      device: torch.device) -> dict[str, Any]:
     """The trained artefacts ``--memory`` and ``--bank`` load, as :func:`camkit.explain`
-    options (``memory=`` for M-CAM, ``bank=`` for embedding Grad-CAM)."""
+    options (``memory=`` for M-CAM, ``bank=`` for embedding Grad-CAM); each is required by
+    its method and refused without it."""
+    for method, (flag, maker) in ARTIFACTS.items():
+        given = getattr(args, flag) is not None
+        if method in methods and not given:
+            raise ValueError(f"--methods {method} needs --{flag} FILE (made by {maker})")
+        if given and method not in methods:
+            raise ValueError(f"--{flag} is used by --methods {method} only; add {method} to "
+                             f"--methods or drop --{flag}")
     options: dict[str, Any] = {}
     if args.memory is not None:
-        options["memory"] = BiasReducingMemory.load(args.memory)
+        options["memory"] = BiasReducingMemory.load(args.memory, map_location=device)
     if args.bank is not None:
         options["bank"] = WeightBank.load(args.bank)
     return options
+
+
+def with_memory(loaded: LoadedModel, memory: BiasReducingMemory | None,
+                layer: str | None) -> tuple[LoadedModel, str]:
+    """The run's model and layer (default: the memory's, else the network's): ``loaded``
+    itself, or with a memory the network up to the layer followed by the memory's head
+    (:class:`MemoryNetwork`), so every method explains the memory's classes, the run's one
+    target vocabulary (``pred``: the class the memory predicts)."""
+    if memory is None:
+        return loaded, layer or loaded.layer
+    layer = layer or memory.layer or loaded.layer
+    network = MemoryNetwork(loaded.model, layer, memory)
+    return replace(loaded, model=network, class_names=list(memory.class_names),
+                   layer=f"network.{layer}"), f"network.{layer}"
 
 
 def run_methods(_args: argparse.Namespace) -> int:

@@ -6,9 +6,11 @@ import argparse
 import dataclasses
 from typing import Any
 
+import torch
+
 from camkit.capture.layers import find_layer
 from camkit.cli.arguments import add_model_arguments, load_model
-from camkit.cli.explain import trained_artifacts
+from camkit.cli.explain import ARTIFACTS, trained_artifacts, with_memory
 from camkit.serve import serve
 
 
@@ -40,13 +42,14 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``camkit serve`` until Ctrl-C."""
-    loaded = load_model(args)
+    given = [method for method, (flag, _) in ARTIFACTS.items() if getattr(args, flag)]
+    artifacts = trained_artifacts(args, given, torch.device("cpu"))
+    network = load_model(args)
     if args.layer:
-        find_layer(loaded.model, args.layer)  # an unknown layer: the message, before serving
-        loaded = dataclasses.replace(loaded, layer=args.layer)
-    artifacts = trained_artifacts(args)
+        find_layer(network.model, args.layer)  # an unknown layer: the message, before serving
+    loaded, layer = with_memory(network, artifacts.get("memory"), args.layer)
     print("camkit serve: starting (Ctrl-C stops it)", flush=True)
-    serve(loaded, memory=artifacts.get("memory"), bank=artifacts.get("bank"),
-          results=args.results, evaluation=args.evaluation, out=args.out, host=args.host,
-          port=args.port, top_k=args.top_k)
+    serve(dataclasses.replace(loaded, layer=layer), memory=artifacts.get("memory"),
+          bank=artifacts.get("bank"), results=args.results, evaluation=args.evaluation,
+          out=args.out, host=args.host, port=args.port, top_k=args.top_k)
     return 0

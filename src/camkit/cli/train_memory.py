@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-import torch
-
-from camkit.cli.arguments import add_data_argument, add_model_arguments, load_model
+from camkit.artifacts import read_safetensors
+from camkit.cli.arguments import (
+    add_data_argument,
+    add_model_arguments,
+    count,
+    load_model,
+    positive_int,
+)
+from camkit.cli.arguments import device as device_argument
 from camkit.data.multilabel import SPEC_KINDS, dataset_from_spec
-from camkit.memory.training import train_memory
+from camkit.memory.training import CHECKPOINT_FORMAT, CHECKPOINT_NAME, train_memory
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -23,9 +30,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--val-data", metavar="SPEC", help="validation data (as --data)")
     p.add_argument("--out", required=True, help="output file, e.g. memory.safetensors")
     add_model_arguments(p)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--slots", type=int, help="memory slots (default 2 × classes)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--slots", type=positive_int, help="memory slots (default 2 × classes)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--addr-temperature", type=float, default=1.0,
@@ -36,7 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="where the frozen network's features are kept between epochs")
     p.add_argument("--cache-dir", help="folder of the disk cache")
     p.add_argument("--device", help="e.g. cpu or cuda (default: cuda when available)")
-    p.add_argument("--num-workers", type=int, default=0, help="image-loading workers")
+    p.add_argument("--num-workers", type=count, default=0, help="image-loading workers")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                    help="what to do with missing or corrupt images")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -47,7 +54,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``train-memory``; the saved memory's summary goes to stderr."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(device_argument(args.device))
+    if args.checkpoint_dir and not args.no_resume:
+        announce_resume(Path(args.checkpoint_dir) / CHECKPOINT_NAME)
     loaded = load_model(args)
     model = loaded.model.to(device).eval()
     layer = args.layer or loaded.layer
@@ -73,3 +82,21 @@ def run(args: argparse.Namespace) -> int:
           f"{tuple(memory.spatial.shape[1:])}{val_map}; {skipped} image(s) skipped",
           file=sys.stderr)
     return 0
+
+
+def announce_resume(checkpoint: Path) -> None:
+    """Say on stderr that the run resumes from ``checkpoint`` (when it exists); refuse a
+    checkpoint whose header is damaged, before any work."""
+    if not checkpoint.exists():
+        return
+    try:
+        _, header = read_safetensors(checkpoint, "memory checkpoint", tensors=False)
+    except ValueError as err:
+        raise ValueError(f"{err}; delete it or pass --no-resume to start afresh") from None
+    fields = {"format": str, "epoch": int, "settings": dict, "history": list, "optimizer": dict}
+    damaged = [k for k, kind in fields.items() if not isinstance(header.get(k), kind)]
+    if header.get("format") != CHECKPOINT_FORMAT or damaged:
+        raise ValueError(f"{checkpoint} is not an intact memory training checkpoint (bad "
+                         f"{', '.join(damaged) or 'format'}); delete it or pass --no-resume")
+    print(f"camkit: resuming from {checkpoint} after epoch {header['epoch']} (--no-resume "
+          "starts afresh)", file=sys.stderr)

@@ -35,7 +35,8 @@ def load_image(path: PathLike) -> Image.Image:
     Raises:
         FileNotFoundError: nothing exists at ``path``.
         ValueError: ``path`` is a directory, or a file Pillow cannot decode (not an image,
-            truncated, unreadable); the message names the path.
+            truncated, unreadable, or a decompression bomb: more pixels than
+            ``PIL.Image.MAX_IMAGE_PIXELS`` allows); the message names the path.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -46,7 +47,7 @@ def load_image(path: PathLike) -> Image.Image:
         with Image.open(path) as img:
             img.load()
             upright = ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read {path!r} as an image: {err}") from err
     return to_rgb(upright)
 

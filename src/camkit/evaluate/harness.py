@@ -72,6 +72,7 @@ class _Evaluation:
         self.images = dict.fromkeys(methods, 0)
         self.constant = dict.fromkeys(methods, 0)
         self.without_targets = 0
+        self.bar: Progress | None = None  # the run's one bar, in explained (image, method)s
 
     # -- task, confidence and targets ----------------------------------------------------------
 
@@ -93,7 +94,19 @@ class _Evaluation:
             return samples
         kept = [s for s in samples if s.positives]
         self.without_targets += len(samples) - len(kept)
+        self.advance(len(samples) - len(kept), len(self.methods))
         return kept
+
+    def advance(self, images: int, methods: int = 1) -> None:
+        """Count ``images`` × ``methods`` explanations done (or given up) on the run's bar."""
+        if self.bar is not None:
+            self.bar.update(images * methods)
+
+    def options(self, method: str) -> dict[str, Any]:
+        """``method``'s options; a method with its own progress bar keeps it off unless asked
+        (the run's bar counts its images)."""
+        quiet = {"progress": False} if "progress" in registry.get_method(method).options else {}
+        return quiet | dict(self.method_options.get(method, {}))
 
     def stack(self, samples: list[Sample]) -> Batch:
         return stack_samples(samples, self.device, self.target_mode == "label")
@@ -103,7 +116,7 @@ class _Evaluation:
     def _explain(self, batch: Batch, method: str) -> tuple[Batch, Tensor] | None:
         """The maps ``(B', K, H, W)`` of the samples that could be explained, and those
         samples as a batch with their targets (predicted ones filled in)."""
-        options = self.method_options.get(method, {})
+        options = self.options(method)
         try:
             start = _clock(self.device)
             expl = api.explain(self.model, batch.x, batch.targets, (method,), self.layer,
@@ -146,10 +159,11 @@ class _Evaluation:
                 self._score(Run(method, done, maps, self.model, self.scoring_model,
                                 self.confidence, self.batching, self.seed,
                                 self._explainer(method)))
+            self.advance(len(batch.samples))
 
     def _explainer(self, method: str) -> Callable[[Tensor, Tensor], Tensor]:
         return method_explainer(self.model, method, self.layer, seed=self.seed,
-                                **self.method_options.get(method, {}))
+                                **self.options(method))
 
     def _score(self, run: Run) -> None:
         method, valid = run.method, run.batch.valid
@@ -290,7 +304,8 @@ def _run_items(state: _Evaluation, data: Any, limit: int | None, batch_size: int
     many items were read."""
     items, total = read_items(data, limit)
     seen = 0
-    with Progress(total, "evaluate", progress, unit="img") as bar:
+    with Progress(total * len(state.methods), "evaluate", progress, unit="map") as bar:
+        state.bar = bar
         pending: list[Sample] = []
         for index, item in items:
             seen += 1
@@ -300,13 +315,12 @@ def _run_items(state: _Evaluation, data: Any, limit: int | None, batch_size: int
                 pending.append(as_sample(item, index))
             except Exception as err:
                 state.failures.append(Failure.of(str(index), None, "load", err))
+                state.advance(1, len(state.methods))
             if len(pending) == batch_size:
                 _run_batch(state, pending)
-                bar.update(len(pending))
                 pending = []
         if pending:
             _run_batch(state, pending)
-            bar.update(len(pending))
     return seen
 
 
@@ -319,6 +333,7 @@ def _run_batch(state: _Evaluation, samples: list[Sample]) -> None:
     except Exception as err:  # e.g. images of different sizes: go one by one
         if len(samples) == 1:
             state.failures.append(Failure.of(samples[0].name, None, "load", err))
+            state.advance(1, len(state.methods))
             return
         for sample in samples:
             _run_batch(state, [sample])

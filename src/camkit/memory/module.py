@@ -278,7 +278,7 @@ def load_memory(path: str | Path, map_location: str | torch.device = "cpu") -> B
     try:
         with torch.device("meta"):
             memory = BiasReducingMemory.from_config(header)
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as err:
         raise ValueError(f"{path}: invalid memory config ({err!r})") from err
     expected = {k: (tuple(v.shape), torch.float32) for k, v in memory.state_dict().items()}
     check_tensors(tensors, expected, path, KIND)

@@ -7,10 +7,15 @@ from . import (  # noqa: F401  (registration side effects)
     ablation,
     cam,
     eigen,
+    fem,
+    fullgrad,
     gradient,
     guided,
     occlusion,
+    rise,
     score,
+    shapley,
+    smooth,
 )
 from .registry import Method, available_methods, get_method, register
 

@@ -1,8 +1,9 @@
-"""Eigen-CAM and EigenGrad-CAM (ALGORITHMS §3.5-3.6): the first principal component of the
-layer's features, by one batched SVD in torch on the input's device (no per-image loop).
+"""Eigen-CAM, EigenGrad-CAM (ALGORITHMS §3.5-3.6) and KPCA-CAM: the first principal component
+of the layer's features, by one batched SVD (or, for KPCA-CAM, one batched eigendecomposition
+of the kernel matrix) in torch on the input's device (no per-image loop).
 
-Both are raw ``(B, K, h, w)`` maps; Eigen-CAM is class-agnostic (the same map for every
-target). The sign of a singular vector is arbitrary, so a map can come out inverted:
+All are raw ``(B, K, h, w)`` maps; Eigen-CAM and KPCA-CAM are class-agnostic (the same map for
+every target). The sign of a singular vector is arbitrary, so a map can come out inverted:
 ``sign_correction=True`` flips maps whose largest magnitude is negative (off by default, as
 in the 2021 baselines).
 """
@@ -57,6 +58,58 @@ def eigengradcam(activations: Tensor, gradients: Tensor, sign_correction: bool =
     return eigen_map(product.flatten(0, 1), sign_correction).unflatten(0, gradients.shape[:2])
 
 
+KERNELS = ("linear", "poly", "rbf", "sigmoid", "cosine")
+
+
+def kernel_matrix(o: Tensor, kernel: str, gamma: float, coef0: float = 1.0,
+                  degree: int = 3) -> Tensor:
+    """``K_pq = k(o_p, o_q)`` for ``o`` ``(N, P, C)`` → ``(N, P, P)``: ``linear`` ``x·y``,
+    ``poly`` ``(γ x·y + c₀)^d``, ``rbf`` ``exp(−γ |x − y|²)``, ``sigmoid`` ``tanh(γ x·y + c₀)``,
+    ``cosine`` ``x·y / (|x| |y|)``."""
+    dot = o @ o.transpose(1, 2)
+    if kernel == "linear":
+        return dot
+    if kernel == "poly":
+        return (gamma * dot + coef0).pow(degree)
+    if kernel == "sigmoid":
+        return torch.tanh(gamma * dot + coef0)
+    if kernel == "rbf":
+        return torch.exp(-gamma * torch.cdist(o, o).square())
+    if kernel == "cosine":
+        unit = o / o.norm(dim=2, keepdim=True).clamp(min=torch.finfo(o.dtype).tiny)
+        return unit @ unit.transpose(1, 2)
+    raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+
+
+def kernel_principal_projection(features: Tensor, kernel: str = "sigmoid",
+                                gamma: float | None = None) -> Tensor:
+    """Kernel PCA's first component (Schölkopf et al. 1998) of ``O`` ``(N, P, C)``, one row per
+    position, as KPCA-CAM uses it (Karmani et al. 2024): non-finite values become 0, columns
+    are centred, ``K = k(O, O)`` (:func:`kernel_matrix`, ``γ = 1/C`` by default) is double
+    centred, ``K̃ = K − 1K − K1 + 1K1`` with ``1 = 𝟙/P``, and the projection is
+    ``√λ₁ u₁`` ``(N, P)`` for its largest eigenpair. The sign makes the entry of largest
+    magnitude positive (the convention of scikit-learn's ``KernelPCA``)."""
+    o = features.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    o = o - o.mean(dim=1, keepdim=True)
+    k = kernel_matrix(o, kernel, 1.0 / o.shape[2] if gamma is None else gamma)
+    k = k - k.mean(dim=1, keepdim=True) - k.mean(dim=2, keepdim=True) + k.mean(dim=(1, 2),
+                                                                               keepdim=True)
+    values, vectors = torch.linalg.eigh(k)
+    top = vectors[..., -1]
+    sign = top.gather(1, top.abs().argmax(dim=1, keepdim=True)).sign()
+    return top * sign * values[:, -1:].clamp(min=0).sqrt()
+
+
+def kpcacam(activations: Tensor, n_targets: int, kernel: str = "sigmoid",
+            gamma: float | None = None) -> Tensor:
+    """KPCA-CAM: :func:`kernel_principal_projection` of ``A`` ``(B, C, h, w)``, repeated for each
+    of the ``n_targets`` targets → ``(B, K, h, w)`` (class-agnostic)."""
+    b, _, h, w = activations.shape
+    projection = kernel_principal_projection(activations.flatten(2).transpose(1, 2), kernel,
+                                             gamma)
+    return projection.reshape(b, 1, h, w).expand(-1, n_targets, -1, -1)
+
+
 def _check(sign_correction: bool) -> None:
     if not isinstance(sign_correction, bool):
         raise TypeError(f"sign_correction must be True or False, got {sign_correction!r}")
@@ -76,6 +129,19 @@ register(Method(
     "eigencam", "first principal component of the layer's activations (class-agnostic)",
     "Bany Muhammad & Yeasin, Eigen-CAM, IJCNN 2020 (arXiv:2008.00299)", _eigencam,
     options=("sign_correction",), maths=(eigencam, principal_projection, sign_corrected),
+))
+def _kpcacam(layer_pass: LayerPass, kernel: str = "sigmoid",
+             gamma: float | None = None) -> Tensor:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    return kpcacam(layer_pass.activations, layer_pass.scores.shape[1], kernel, gamma)
+
+
+register(Method(
+    "kpcacam", "first kernel principal component of the layer's activations (class-agnostic)",
+    "Karmani et al., KPCA-CAM: Visual Explainability of Deep Computer Vision Models using "
+    "Kernel PCA, 2024 (arXiv:2410.00267)", _kpcacam, options=("kernel", "gamma"),
+    maths=(kpcacam, kernel_principal_projection, kernel_matrix),
 ))
 register(Method(
     "eigengradcam", "first principal component of gradients times activations",

@@ -69,6 +69,12 @@ def hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
     return (gradients * activations[:, None]).sum(dim=2)
 
 
+def gradcam_elementwise(activations: Tensor, gradients: Tensor) -> Tensor:
+    """Grad-CAM element-wise (pytorch-grad-cam's variant of HiRes-CAM):
+    ``Σ_k ReLU(∂s/∂A^k_ij · A^k_ij)``, the ReLU taken per channel before the sum."""
+    return (gradients * activations[:, None]).clamp(min=0).sum(dim=2)
+
+
 def _on_pass(function):  # type: ignore[no-untyped-def]
     def compute(layer_pass: LayerPass) -> Tensor:
         return function(layer_pass.activations, layer_pass.layer_gradients)
@@ -87,6 +93,9 @@ for _name, _function, _summary, _paper in [
      "Jiang et al., LayerCAM, IEEE TIP 2021"),
     ("hirescam", hirescam, "gradients times activations summed over channels, no averaging",
      "Draelos & Carin, HiResCAM, 2020 (arXiv:2011.08891)"),
+    ("gradcam-elementwise", gradcam_elementwise,
+     "positive parts of gradients times activations, summed over channels",
+     "pytorch-grad-cam's GradCAMElementWise (HiRes-CAM with a ReLU per channel)"),
 ]:
     register(Method(_name, _summary, _paper, _on_pass(_function), frozenset({GRADIENTS}),
                     maths=(_function,)))

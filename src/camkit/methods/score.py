@@ -143,7 +143,7 @@ def masked_channel_scores(layer_pass: LayerPass, selected: Tensor, score: Scorer
     return out.transpose(1, 2)
 
 
-def _class_probabilities(layer_pass: LayerPass) -> Callable[[Any, Tensor | None], Tensor]:
+def class_probabilities(layer_pass: LayerPass) -> Callable[[Any, Tensor | None], Tensor]:
     """Reads the class-softmax probability of each target class from a model output."""
     indices = layer_pass.target_indices
     if indices is None:
@@ -173,7 +173,7 @@ def score_family(layer_pass: LayerPass, method: str, variant: Variant | None = N
         raise ValueError(f"max_channels must be a positive int or None, got {max_channels!r}")
     batching = Batching(batch_size, max_batch_memory, progress)
     class_prob = weight == "class_prob"
-    read = _class_probabilities(layer_pass) if class_prob else layer_pass.output_scorer
+    read = class_probabilities(layer_pass) if class_prob else layer_pass.output_scorer
     score = input_scorer(layer_pass, read, precision, method)
     acts = layer_pass.activations
     selected = top_variance_channels(acts, max_channels)

@@ -36,11 +36,12 @@ from .robustness import (
     max_sensitivity,
     method_explainer,
 )
-from .scoring import Scorer, confidence_function, make_scorer
+from .scoring import ConfidenceScorer, confidence_function, make_scorer
 from .stats import Summary, summarize
 
 __all__ = [
-    "Noise", "Scorer", "Summary", "auc", "average_drop", "box_masks", "confidence_function",
+    "ConfidenceScorer", "Noise", "Summary", "auc", "average_drop", "box_masks",
+    "confidence_function",
     "deletion_auc", "deletion_curve", "drop_percent", "energy_share", "grid_cell_masks",
     "grid_pointing_game", "increase_in_confidence", "increase_percent", "infidelity",
     "infidelity_from", "insertion_auc", "insertion_curve", "make_scorer", "map_distances",

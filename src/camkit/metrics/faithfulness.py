@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
 from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY
-from .scoring import METRIC_BATCH_SIZE, Confidence, Scorer, check_inputs, make_scorer
+from .scoring import METRIC_BATCH_SIZE, Confidence, ConfidenceScorer, check_inputs, make_scorer
 
 MIN_CONFIDENCE = 1e-3  # Average Drop is undefined (NaN) below this base confidence (§4.1.3)
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion baseline: gaussian_blur2d(klen=11, nsig=5)
@@ -38,7 +38,7 @@ def masked_confidence(
     return _masked(make_scorer(model, confidence, batch_size, max_batch_memory), x, maps, targets)
 
 
-def _masked(scorer: Scorer, x: Tensor, maps: Tensor, targets: Tensor) -> Tensor:
+def _masked(scorer: ConfidenceScorer, x: Tensor, maps: Tensor, targets: Tensor) -> Tensor:
     check_inputs(x, maps, targets)
     k = maps.shape[1]
 

@@ -77,7 +77,7 @@ def metric_batching(batch_size: int | None = METRIC_BATCH_SIZE,
 
 
 @dataclass
-class Scorer:
+class ConfidenceScorer:
     """Confidences of chosen classes on many images, without gradients, the model borrowed in
     eval mode, in forward passes sized by ``batching`` (the engine's
     :class:`~camkit.capture.batches.Batching`: ``batch_size`` images at a time, or with
@@ -114,10 +114,10 @@ class Scorer:
 def make_scorer(
     model: nn.Module, confidence: str | Confidence | None = "softmax",
     batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
-) -> Scorer:
-    """A :class:`Scorer` for ``model`` with a confidence resolved by
+) -> ConfidenceScorer:
+    """A :class:`ConfidenceScorer` for ``model`` with a confidence resolved by
     :func:`confidence_function` (``None`` = softmax) and :func:`metric_batching`."""
-    return Scorer(model, confidence_function(confidence),
+    return ConfidenceScorer(model, confidence_function(confidence),
                   metric_batching(batch_size, max_batch_memory))
 
 

@@ -6,13 +6,14 @@ and notebooks can write the same files.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from camkit import api
 from camkit.data import load_image
@@ -38,7 +39,7 @@ def explain_images(
     out: Path,
     *,
     target: int | None = None,
-    layer: str | None = None,
+    layer: str | Sequence[str] | None = None,
     batch_size: int = 8,
     alpha: float = 0.5,
     top: int = 5,
@@ -48,23 +49,21 @@ def explain_images(
     ``<method>.png`` overlays, ``grid.png`` (image and all methods side by side) and
     ``maps.npz`` (normalised maps and raw maps per method).
 
+    Images are decoded ``batch_size`` at a time and explained on the model's device.
     ``options`` go to :func:`camkit.explain` (e.g. ``memory=`` for M-CAM, ``bank=`` for
     embedding Grad-CAM). Returns the results and the ``(path, reason)`` of images that could
     not be read.
     """
-    readable, failed = [], []
-    for path in paths:
-        try:
-            readable.append((path, load_image(path)))
-        except (OSError, ValueError) as err:
-            failed.append((path, str(err)))
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = next(loaded.model.parameters(), torch.zeros(0)).device
     results: list[ExplainedImage] = []
-    for start in range(0, len(readable), batch_size):
-        chunk = readable[start : start + batch_size]
-        x = torch.stack([loaded.preprocess(img) for _, img in chunk])
+    failed: list[tuple[Path, str]] = []
+    for chunk in _decoded(paths, batch_size, failed):
+        x = torch.stack([loaded.preprocess(img) for _, img in chunk]).to(device)
         expl = api.explain(loaded.model, x, target, methods, layer or loaded.layer,
                            **(options or {}))
-        probabilities = expl.outputs.float().softmax(dim=1)
+        probabilities = expl.outputs.float().softmax(dim=1).cpu()
         for b, (path, img) in enumerate(chunk):
             view = np.asarray(loaded.preprocess.view(img))
             out_dir = out / _unique_stem(path, results)
@@ -74,6 +73,23 @@ def explain_images(
             results.append(ExplainedImage(path, out_dir, predictions, item))
             write_image_outputs(out_dir, view, expl, b, alpha, loaded.class_names)
     return results, failed
+
+
+def _decoded(paths: Sequence[Path], batch_size: int, failed: list[tuple[Path, str]]
+             ) -> Iterator[list[tuple[Path, Image.Image]]]:
+    """The readable images in batches of ``batch_size`` ``(path, RGB image)``, decoded only
+    when their batch comes; the ``(path, reason)`` of unreadable ones go to ``failed``."""
+    chunk: list[tuple[Path, Image.Image]] = []
+    for path in paths:
+        try:
+            chunk.append((path, load_image(path)))
+        except (OSError, ValueError) as err:
+            failed.append((path, str(err)))
+        if len(chunk) == batch_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _unique_stem(path: Path, done: list[ExplainedImage]) -> str:

@@ -1,0 +1,87 @@
+"""Classifier-head targets: softmax, sigmoid, one-logit binary heads and raw scores, each
+against its formula and through ``camkit.explain`` against a hand-written score function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import camkit
+from camkit.targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputSigmoidTarget,
+    ClassifierOutputSoftmaxTarget,
+    RawScoresOutputTarget,
+    resolve,
+)
+from tests.models import TinyDeepHead
+
+
+class OneLogit(nn.Module):
+    """TinyDeepHead with one output, squeezed to ``(B,)``: a binary classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(6)
+        self.net = TinyDeepHead(classes=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)[:, 0]
+
+
+@pytest.fixture
+def logits() -> Tensor:
+    return torch.randn(3, 5, generator=torch.Generator().manual_seed(7))
+
+
+def test_softmax_and_sigmoid_read_probabilities(logits: Tensor) -> None:
+    softmax = resolve(ClassifierOutputSoftmaxTarget([[1, 4], [0, 0], [2, 3]]), logits, 3)
+    torch.testing.assert_close(
+        softmax.score(logits), logits.softmax(1).gather(1, torch.tensor([[1, 4], [0, 0], [2, 3]])))
+    sigmoid = resolve(ClassifierOutputSigmoidTarget(2), logits, 3)
+    torch.testing.assert_close(sigmoid.score(logits), logits[:, 2:3].sigmoid())
+    assert sigmoid.indices.tolist() == [[2], [2], [2]]
+
+
+def test_predicted_class_and_fixed_indices_under_perturbation(logits: Tensor) -> None:
+    score_fn = resolve(ClassifierOutputSoftmaxTarget(), logits, 3)
+    assert score_fn.indices[:, 0].tolist() == logits.argmax(1).tolist()
+    other = torch.randn(2, 5)
+    rows = torch.tensor([2, 0])
+    expected = other.softmax(1).gather(1, score_fn.indices[rows])
+    torch.testing.assert_close(score_fn.score(other, rows), expected)
+
+
+def test_binary_head_scores_the_logit_or_its_negation() -> None:
+    z = torch.tensor([1.5, -0.5, 0.25])
+    predicted = resolve(BinaryClassifierOutputTarget(), z, 3)
+    assert predicted.indices[:, 0].tolist() == [1, 0, 1]
+    torch.testing.assert_close(predicted.score(z)[:, 0], z.abs())
+    negative = resolve(BinaryClassifierOutputTarget(0), z[:, None], 3)
+    torch.testing.assert_close(negative.score(z[:, None])[:, 0], -z)
+    with pytest.raises(ValueError, match="one logit per image"):
+        resolve(BinaryClassifierOutputTarget(), torch.randn(3, 2), 3)
+
+
+def test_raw_scores_are_the_output_columns(logits: Tensor) -> None:
+    torch.testing.assert_close(RawScoresOutputTarget().scores(logits), logits)
+    torch.testing.assert_close(RawScoresOutputTarget().scores(logits[:, 0]), logits[:, :1])
+
+
+def test_binary_gradcam_matches_a_hand_written_score(images: Tensor) -> None:
+    model = OneLogit().eval()
+    ours = camkit.explain(model, images, BinaryClassifierOutputTarget(0), "gradcam",
+                          layer="net.body")
+    by_hand = camkit.explain(model, images, lambda z: -z, "gradcam", layer="net.body")
+    torch.testing.assert_close(ours["gradcam"], by_hand["gradcam"])
+    assert ours.targets.tolist() == [[0]] * images.shape[0]
+
+
+def test_softmax_gradcam_matches_a_hand_written_score(deep: nn.Module, images: Tensor) -> None:
+    ours = camkit.explain(deep, images, ClassifierOutputSoftmaxTarget([[0, 3]] * 3),
+                          ["gradcam", "ablationcam"], layer="body")
+    by_hand = camkit.explain(deep, images, lambda z: z.softmax(1)[:, [0, 3]],
+                             ["gradcam", "ablationcam"], layer="body")
+    for method in ours:
+        torch.testing.assert_close(ours[method], by_hand[method])
