@@ -2,8 +2,8 @@
 
 Model: the pretrained EfficientNet-Lite0 from PyPI (layer ``_bn1.act``) on the quokka photo,
 top-5 classes. The first explanation computes the asked method with the whole gradient
-family (the methods that need only the layer gradients: Grad-CAM, Grad-CAM++, XGrad-CAM,
-LayerCAM, HiResCAM, Eigen-Grad-CAM) for the five classes in one ``camkit.explain`` call;
+family (every method that needs only the layer gradients: Grad-CAM, Grad-CAM++, XGrad-CAM,
+LayerCAM, HiResCAM, ...) for the five classes in one ``camkit.explain`` call;
 after it, switching class, method (of those computed), view or opacity only looks maps up
 and draws them.
 """
@@ -33,7 +33,7 @@ DESCRIPTIONS = {
     GROUP: (
         "The Explain tab's handler (`ExplainHandlers.show`: cache look-up, overlay at the "
         "chosen opacity) followed by the PNG encoding the page receives, for a 224 × 224 map; "
-        "each switch cycles through the 5 classes or the 6 computed methods so no two "
+        "each switch cycles through the 5 classes or the computed methods so no two "
         "consecutive calls ask the same picture. Median milliseconds over the repetitions "
         "(after warm-up). The goal, from issue 19, is an absolute answer time of at most "
         "100 ms on 2 cores; the first explanation of the image (the one model call) is the "
