@@ -23,7 +23,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e ".[models,test,faiss,ray,hub]"
+	$(PIP) install -q -e ".[models,test,faiss,ray,hub,serve]"
 	$(PIP) install -q --no-deps $(SAMPLES)
 	touch $(STAMP)
 

@@ -53,19 +53,22 @@ __all__ = [
     "RawScoresOutputTarget", "SSCAM", "ScoreCAM", "SemanticSegmentationTarget", "ShapleyCAM",
     "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods", "available_metrics", "batch",
     "embedding", "evaluate", "explain", "explanation_to_html", "factorize", "memory",
-    "method_class", "methods", "metrics", "report", "save_explanation", "targets",
+    "method_class", "methods", "metrics", "report", "save_explanation", "serve", "targets",
 ]
 
-# Applications, imported on first use: `import camkit` loads no HTML report and no job runner.
+# Applications, imported on first use: `import camkit` loads no HTML report, no job runner
+# and no web server.
 _LAZY = {
     "batch": ("camkit.batch", None),
     "report": ("camkit.viz.report", None),
     "explanation_to_html": ("camkit.viz.report", "explanation_to_html"),
     "save_explanation": ("camkit.viz.report", "save_explanation"),
+    "serve": ("camkit.serve", None),  # the package, callable as camkit.serve(...)
 }
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from . import batch
+    from .serve import serve
     from .viz import report
     from .viz.report import explanation_to_html, save_explanation
 else:

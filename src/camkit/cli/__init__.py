@@ -10,9 +10,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from camkit.cli import demo, evaluate, explain, explain_dataset, fit_embedding, train_memory
+from camkit.cli import (
+    demo,
+    evaluate,
+    explain,
+    explain_dataset,
+    fit_embedding,
+    serve,
+    train_memory,
+)
 
-SUBCOMMANDS = (explain, demo, evaluate, train_memory, fit_embedding, explain_dataset)
+SUBCOMMANDS = (explain, demo, evaluate, train_memory, fit_embedding, explain_dataset, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
