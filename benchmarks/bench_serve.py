@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from camkit.data import quokka
-from camkit.serve.explorer import Explorer, gradient_family
+from camkit.explorer.explorer import Explorer, gradient_family
 from camkit.zoo import load_model
 from common import Row, median_time, row, settings, setup
 
@@ -75,7 +75,7 @@ def cycling(calls: list[Callable[[], object]]) -> Callable[[], object]:
 
 def run() -> list[Row]:
     setup(0)
-    from camkit.serve.app import ExplainHandlers
+    from camkit.explorer.app import ExplainHandlers
 
     loaded = load_model()
     with tempfile.TemporaryDirectory() as out:
@@ -119,7 +119,7 @@ def browser_switch_ms(explorer: Explorer) -> float:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from camkit.serve.app import build_app, launch
+    from camkit.explorer.app import build_app, launch
 
     app = build_app(explorer)
     url = launch(app, explorer.out, block=False)

@@ -63,12 +63,12 @@ _LAZY = {
     "report": ("camkit.viz.report", None),
     "explanation_to_html": ("camkit.viz.report", "explanation_to_html"),
     "save_explanation": ("camkit.viz.report", "save_explanation"),
-    "serve": ("camkit.serve", None),  # the package, callable as camkit.serve(...)
+    "serve": ("camkit.explorer", "serve"),
 }
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers
     from . import batch
-    from .serve import serve
+    from .explorer import serve
     from .viz import report
     from .viz.report import explanation_to_html, save_explanation
 else:

@@ -11,7 +11,7 @@ import torch
 from camkit.capture.layers import find_layer
 from camkit.cli.arguments import add_model_arguments, load_model
 from camkit.cli.explain import ARTIFACTS, trained_artifacts, with_memory
-from camkit.serve import serve
+from camkit.explorer import serve
 
 
 def add_parser(subparsers: Any) -> None:

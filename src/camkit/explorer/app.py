@@ -1,5 +1,5 @@
-"""The Gradio page: an Explain tab over an :class:`~camkit.serve.explorer.Explorer` and a
-Browse tab over a :class:`~camkit.serve.browse.Browser`.
+"""The Gradio page: an Explain tab over an :class:`~camkit.explorer.explorer.Explorer` and a
+Browse tab over a :class:`~camkit.explorer.browse.Browser`.
 
 Every handler turns a problem (an unreadable image, a wrong weights file, an unknown layer or
 folder) into a message in the page. Gradio is imported only when the page is built, after
@@ -19,8 +19,8 @@ from typing import Any
 
 import gradio as gr
 
-from camkit.serve.browse import SCORE, Browser, Row, as_filter, describe, open_browser
-from camkit.serve.explorer import METRICS, VIEWS, Explorer, bundled_samples
+from camkit.explorer.browse import SCORE, Browser, Row, as_filter, describe, open_browser
+from camkit.explorer.explorer import METRICS, VIEWS, Explorer, bundled_samples
 
 ALL_METHODS, ALL_CLASSES = "all methods", "all classes"
 PAGE_SIZE = 24

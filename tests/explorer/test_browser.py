@@ -18,9 +18,9 @@ import pytest
 pytest.importorskip("gradio")
 
 from camkit.data import quokka  # noqa: E402
-from camkit.serve.app import build_app, launch  # noqa: E402
-from camkit.serve.browse import Browser, open_browser  # noqa: E402
-from camkit.serve.explorer import Explorer  # noqa: E402
+from camkit.explorer.app import build_app, launch  # noqa: E402
+from camkit.explorer.browse import Browser, open_browser  # noqa: E402
+from camkit.explorer.explorer import Explorer  # noqa: E402
 from tests.viz.report.test_browser import browser, console_errors  # noqa: E402, F401
 
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "serve-screenshot.png"

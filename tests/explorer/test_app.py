@@ -16,14 +16,14 @@ pytest.importorskip("gradio")
 
 import camkit  # noqa: E402
 from camkit.cli import build_parser, main  # noqa: E402
-from camkit.serve.app import (  # noqa: E402
+from camkit.explorer.app import (  # noqa: E402
     ALL_CLASSES,
     ALL_METHODS,
     BrowseHandlers,
     ExplainHandlers,
     build_app,
 )
-from camkit.serve.explorer import Explorer  # noqa: E402
+from camkit.explorer.explorer import Explorer  # noqa: E402
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from PIL import Image
 
 import camkit
 from camkit import metrics
-from camkit.serve.explorer import Explorer, gradient_family, merged
+from camkit.explorer.explorer import Explorer, gradient_family, merged
 from camkit.zoo import LoadedModel
 
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from camkit.serve.browse import SCORE, Browser, Evaluation, as_filter, describe, open_browser
+from camkit.explorer.browse import SCORE, Browser, Evaluation, as_filter, describe, open_browser
 from tests.serve.conftest import RUN_METHODS, RUN_METRICS, SmallRun
 
 

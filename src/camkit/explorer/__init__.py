@@ -4,23 +4,21 @@ The Explain tab explains an uploaded or bundled image for its top-k classes and 
 class, method, layer, view and opacity from cached maps; the Browse tab pages through the
 maps of a ``camkit explain-dataset`` folder, sorted and filtered by the metrics of a
 ``camkit evaluate`` run. :class:`Explorer` and :class:`Browser` hold the logic without any
-web framework; :mod:`camkit.serve.app` is the Gradio page (``pip install camkit[serve]``).
+web framework; :mod:`camkit.explorer.app` is the Gradio page (``pip install camkit[serve]``).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 from camkit import zoo
 from camkit.data.images import PathLike
 from camkit.embedding import WeightBank
+from camkit.explorer.browse import Browser, open_browser
+from camkit.explorer.explorer import Explorer
 from camkit.memory import BiasReducingMemory
-from camkit.serve.browse import Browser, open_browser
-from camkit.serve.explorer import Explorer
 
 __all__ = ["Browser", "Explorer", "serve"]
 
@@ -69,19 +67,8 @@ def serve(
     explorer = Explorer(loaded, folder, artifacts=artifacts, top_k=top_k)
     browser = None if results is None else open_browser(results, evaluation, loaded)
     try:
-        from camkit.serve.app import build_app, launch
+        from camkit.explorer.app import build_app, launch
     except ModuleNotFoundError as err:
         raise ModuleNotFoundError(f"camkit serve needs Gradio ({err}): pip install "
                                   "'camkit[serve]'", name=err.name) from err
     return launch(build_app(explorer, browser), folder, host, port, block)
-
-
-class _CallableModule(types.ModuleType):
-    """This package, callable: ``camkit.serve(...)`` is :func:`serve` even after
-    ``import camkit.serve`` made the name ``camkit.serve`` the package."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> str:
-        return serve(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
