@@ -161,7 +161,7 @@ def test_a_whole_pickled_model_is_one_clear_line(photo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("args", "parts"), [
-    (["--memory", "m.safetensors"], ("--memory is used by --methods mcam only",)),
+    (["--memory", "m.safetensors"], ("--memory is used by --methods mcam or mcam-gradcam only",)),
     (["--methods", "mcam"], ("--methods mcam needs --memory FILE", "train-memory")),
     (["--option", "max_channels=4"], ("--option max_channels", "they take: no options")),
 ])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from camkit.explorer.browse import SCORE, Browser, Evaluation, as_filter, describe, open_browser
-from tests.serve.conftest import RUN_METHODS, RUN_METRICS, SmallRun
+from tests.explorer.conftest import RUN_METHODS, RUN_METRICS, SmallRun
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from camkit.embedding import WeightBank
 from camkit.fusion import FUSIONS
 from camkit.memory import BiasReducingMemory
 from camkit.memory.network import MemoryNetwork
+from camkit.methods import registry
 from camkit.targets import class_index
 from camkit.viz.outputs import ExplainedImage, explain_images
 from camkit.viz.report import report_from_results
@@ -38,8 +39,8 @@ from camkit.zoo import LoadedModel
 PREDICTED = ("pred", "predicted")
 IMAGE_SPECS = ("folder", "list")
 # The trained artefact each method needs, by its CLI flag, and where it comes from.
-ARTIFACTS = {"mcam": ("memory", "camkit train-memory"),
-             "embedding-gradcam": ("bank", "camkit fit-embedding")}
+# The flag of each artefact option, and the command that makes the artefact.
+MAKERS = {"memory": "camkit train-memory", "bank": "camkit fit-embedding"}
 
 
 def parse_target(text: str, class_names: Sequence[str]) -> int | None:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     unreadable images to stderr (exit status 1 when there were any)."""
     methods = names(args.methods)
     options = parse_options(args.option)
-    check_method_options(methods, options, exclude=[flag for flag, _ in ARTIFACTS.values()])
+    check_method_options(methods, options, exclude=list(MAKERS))
     device = device_argument(args.device)
     out = output_folder(args.out)
     paths = image_paths(args.images)
@@ -147,13 +148,16 @@ def trained_artifacts(args: argparse.Namespace, methods: Sequence[str],
     """The trained artefacts ``--memory`` and ``--bank`` load, as :func:`camkit.explain`
     options (``memory=`` for M-CAM, ``bank=`` for embedding Grad-CAM); each is required by
     its method and refused without it."""
-    for method, (flag, maker) in ARTIFACTS.items():
+    needs = {m: registry.needed_artifact(m) for m in methods}
+    for flag, maker in MAKERS.items():
         given = getattr(args, flag) is not None
-        if method in methods and not given:
-            raise ValueError(f"--methods {method} needs --{flag} FILE (made by {maker})")
-        if given and method not in methods:
-            raise ValueError(f"--{flag} is used by --methods {method} only; add {method} to "
-                             f"--methods or drop --{flag}")
+        users = [m for m, needed in needs.items() if needed == flag]
+        if users and not given:
+            raise ValueError(f"--methods {users[0]} needs --{flag} FILE (made by {maker})")
+        if given and not users:
+            takers = [m for m in api.available_methods() if registry.needed_artifact(m) == flag]
+            raise ValueError(f"--{flag} is used by --methods {' or '.join(takers)} only; add "
+                             f"one to --methods or drop --{flag}")
     options: dict[str, Any] = {}
     if args.memory is not None:
         options["memory"] = BiasReducingMemory.load(args.memory, map_location=device)

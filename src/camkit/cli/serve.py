@@ -8,10 +8,12 @@ from typing import Any
 
 import torch
 
+from camkit import api
 from camkit.capture.layers import find_layer
 from camkit.cli.arguments import add_model_arguments, load_model
-from camkit.cli.explain import ARTIFACTS, trained_artifacts, with_memory
+from camkit.cli.explain import trained_artifacts, with_memory
 from camkit.explorer import serve
+from camkit.methods import registry
 
 
 def add_parser(subparsers: Any) -> None:
@@ -42,7 +44,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``camkit serve`` until Ctrl-C."""
-    given = [method for method, (flag, _) in ARTIFACTS.items() if getattr(args, flag)]
+    given = [m for m in api.available_methods()
+             if (flag := registry.needed_artifact(m)) and getattr(args, flag)]
     artifacts = trained_artifacts(args, given, torch.device("cpu"))
     network = load_model(args)
     if args.layer:

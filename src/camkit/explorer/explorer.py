@@ -31,8 +31,6 @@ from camkit.targets import TopK, logits_of
 from camkit.viz import colorize, overlay
 from camkit.viz.report import SavedExplanation, save_explanation
 
-# Artefact options, and the methods that cannot run without them.
-NEEDS_ARTIFACT = {"mcam": "memory", "embedding-gradcam": "bank"}
 VIEWS = ("overlay", "map")
 # On-demand metrics: label → (function, higher is better).
 METRICS: dict[str, tuple[Callable[..., Tensor], bool]] = {
@@ -78,7 +76,8 @@ def merged(first: api.Explanation, second: api.Explanation) -> api.Explanation:
 def gradient_family() -> list[str]:
     """The methods that need nothing but the layer gradients: one backward pass serves all."""
     return [name for name in api.available_methods()
-            if api.registry.get_method(name).needs == frozenset({GRADIENTS})]
+            if api.registry.get_method(name).needs == frozenset({GRADIENTS})
+            and api.registry.needed_artifact(name) is None]
 
 
 def bundled_samples() -> dict[str, Callable[[], Image.Image]]:
@@ -121,7 +120,7 @@ class Explorer:
         """The methods this explorer can run (M-CAM with a memory, embedding Grad-CAM with a
         bank)."""
         return [m for m in api.available_methods()
-                if NEEDS_ARTIFACT.get(m, "") in ("", *self.artifacts)]
+                if api.registry.needed_artifact(m) in (None, *self.artifacts)]
 
     @property
     def layers(self) -> list[str]:

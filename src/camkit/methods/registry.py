@@ -49,6 +49,9 @@ class Method:
 
 _METHODS: dict[str, Method] = {}
 
+# Options that carry a trained artefact: a method that declares one cannot run without it.
+ARTIFACT_OPTIONS = ("memory", "bank")
+
 
 def register(method: Method) -> Method:
     """Add a method to the registry (its name must be new)."""
@@ -73,3 +76,9 @@ def get_method(name: str) -> Method:
 def available_methods() -> dict[str, str]:
     """Method names with their one-line descriptions, in registration order."""
     return {name: method.summary for name, method in _METHODS.items()}
+
+
+def needed_artifact(name: str) -> str | None:
+    """The artefact option (``"memory"``, ``"bank"``) that method ``name`` cannot run
+    without, or ``None``."""
+    return next((o for o in get_method(name).options if o in ARTIFACT_OPTIONS), None)
