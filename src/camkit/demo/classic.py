@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from camkit import api
-from camkit.demo.settings import TRAINED_METHODS, ClassicSettings, Part
+from camkit.demo.settings import ClassicSettings, Part
 from camkit.viz.outputs import explain_images
 from camkit.viz.report import ReportSection, save_grid
 from camkit.zoo import load_model
@@ -13,7 +13,7 @@ from camkit.zoo import load_model
 
 def classic_methods() -> list[str]:
     """Every registered method that needs no trained artifact."""
-    return [m for m in api.available_methods() if m not in TRAINED_METHODS]
+    return [m for m in api.available_methods() if api.registry.needed_artifact(m) is None]
 
 
 def classic_part(out: Path, s: ClassicSettings, progress: bool | None) -> Part:

@@ -9,7 +9,6 @@ from typing import Any
 from camkit.viz.report import ReportSection
 
 LAYER = "features"  # the explained layer of the demo's small networks
-TRAINED_METHODS = ("mcam", "mcam-gradcam", "embedding-gradcam")  # need a trained artifact
 CACHE_VERSION = 1  # part of every cache key: raise it when what the parts train changes
 UPSCALE = 4  # synthetic 64-pixel images are shown at 4 × their size
 # The small networks' tensors are tiny: more CPU threads only add contention.
