@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from camkit import api
+from camkit.data import imagenet_samples, quokka
 from camkit.demo.settings import ClassicSettings, Part
 from camkit.viz.outputs import explain_images
 from camkit.viz.report import ReportSection, save_grid
@@ -19,8 +20,6 @@ def classic_methods() -> list[str]:
 def classic_part(out: Path, s: ClassicSettings, progress: bool | None) -> Part:
     """EfficientNet-Lite0 on the quokka and ``s.images`` ImageNet samples, every classic
     method; per-photo overlays, grids and maps under ``out/images/``."""
-    from .data import imagenet_samples, quokka
-
     photo = out / "quokka.png"
     out.mkdir(parents=True, exist_ok=True)
     quokka().image.save(photo)
