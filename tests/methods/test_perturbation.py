@@ -472,6 +472,21 @@ def test_sign_correction_only_flips_the_sign(method):
     assert flipped.any() or (plain.flatten(1).amax(1) >= plain.flatten(1).amin(1).abs()).all()
 
 
+@pytest.mark.parametrize("positions, channels", [(12, 40), (40, 12)])
+def test_eigen_projection_is_the_svd_projection_through_either_gram_matrix(positions, channels):
+    """Both Gram routes (``O Oᵀ`` when P ≤ C, ``Oᵀ O`` otherwise) against a float64 SVD, and
+    the sign: positive correlation with the summed centred activation."""
+    torch.manual_seed(5)
+    features = torch.relu(torch.randn(4, positions, channels)) * torch.rand(4, positions, 1)
+    got = principal_projection(features).double()
+    centred = features.double() - features.double().mean(dim=1, keepdim=True)
+    first = torch.linalg.svd(centred, full_matrices=False).Vh[:, 0]
+    for n in range(4):
+        expected = centred[n] @ first[n]
+        expected = expected * torch.sign(expected @ centred[n].sum(dim=1))
+        torch.testing.assert_close(got[n], expected, rtol=0, atol=1e-5 * expected.abs().max())
+
+
 def test_eigen_projection_is_nan_safe():
     features = torch.randn(3, 10, 4)
     broken = features.clone()

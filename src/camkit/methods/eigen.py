@@ -1,11 +1,11 @@
 """Eigen-CAM, EigenGrad-CAM (ALGORITHMS §3.5-3.6) and KPCA-CAM: the first principal component
-of the layer's features, by one batched SVD (or, for KPCA-CAM, one batched eigendecomposition
-of the kernel matrix) in torch on the input's device (no per-image loop).
+of the layer's features, by one batched eigendecomposition of the small Gram matrix (or, for
+KPCA-CAM, of the kernel matrix) in torch on the input's device (no per-image loop).
 
 All are raw ``(B, K, h, w)`` maps; Eigen-CAM and KPCA-CAM are class-agnostic (the same map for
-every target). The sign of a singular vector is arbitrary, so a map can come out inverted:
-``sign_correction=True`` flips maps whose largest magnitude is negative (off by default, as
-in the 2021 baselines).
+every target). A singular vector's sign is arbitrary: :func:`principal_projection` fixes it
+towards where the features are strong; ``sign_correction=True`` instead flips maps whose
+largest magnitude is negative (off by default, as in the 2021 baselines).
 """
 
 from __future__ import annotations
@@ -24,11 +24,24 @@ def principal_projection(features: Tensor) -> Tensor:
     """Projection on the first right singular vector (Bany Muhammad & Yeasin 2020, with the
     column centring of pytorch-grad-cam, C1): ``O`` ``(N, P, C)`` has one row per position;
     non-finite values become 0, each column is centred over the positions, ``O = UΣVᵀ`` and
-    the result is ``O v₁`` ``(N, P)``."""
+    the result is ``O v₁ = σ₁ u₁`` ``(N, P)``.
+
+    Exact, through the smaller Gram matrix instead of the SVD of ``O``: with ``P ≤ C`` the top
+    eigenpair ``(λ₁, u₁)`` of ``O Oᵀ`` ``(P, P)`` gives ``σ₁ u₁ = √λ₁ u₁``; otherwise the top
+    eigenvector ``v₁`` of ``Oᵀ O`` ``(C, C)`` gives ``O v₁`` (a 7×7 layer of 2,048 channels:
+    a 49×49 eigenproblem, ≈ 10× faster than the SVD). A singular vector's sign is arbitrary;
+    this one is fixed so that the projection correlates positively with the positions' summed
+    centred activation ``O 𝟙`` (where the features are strong scores high)."""
     o = features.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
     o = o - o.mean(dim=1, keepdim=True)
-    vh = torch.linalg.svd(o, full_matrices=False).Vh
-    return (o @ vh[:, 0, :, None])[..., 0]
+    if o.shape[1] <= o.shape[2]:
+        values, vectors = torch.linalg.eigh(o @ o.transpose(1, 2))
+        projection = vectors[..., -1] * values[:, -1:].clamp(min=0).sqrt()
+    else:
+        vectors = torch.linalg.eigh(o.transpose(1, 2) @ o).eigenvectors
+        projection = (o @ vectors[..., -1:])[..., 0]
+    sign = (projection * o.sum(dim=2)).sum(dim=1, keepdim=True).sign()
+    return projection * torch.where(sign == 0, 1.0, sign)
 
 
 def sign_corrected(projection: Tensor) -> Tensor:
