@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import camkit
-from camkit import data, folding, zoo
+from camkit import data, zoo
+from camkit.capture import folding
 from camkit.capture.batches import DEFAULT_MAX_BATCH_MEMORY, Batching, forward_bytes
 from camkit.methods.score import channel_softmax_weights
 from common import Row, interleaved_samples, paired_ratio, row, setup

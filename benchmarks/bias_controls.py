@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.capture import LayerPass
-from camkit.evaluate import Results
+from camkit.evaluate import EvaluationResults
 from camkit.memory import BiasReducingMemory, channel_similarity, channel_weights, mcam_map
 from camkit.memory.features import CachedFeatures
 from camkit.memory.init import init_from_templates
@@ -140,7 +140,7 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
     return summary.mean, summary.high - summary.mean
 
 
-def goal_rows(results: Results, methods: Sequence[str], reference: str = "gradcam"
+def goal_rows(results: EvaluationResults, methods: Sequence[str], reference: str = "gradcam"
               ) -> list[str]:
     """Markdown rows: per method, per-seed ``leak / reference leak`` and ``on-target −
     reference on-target`` (mean ± 95 % CI over seeds) and whether the goal holds (ratio's
