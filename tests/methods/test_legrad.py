@@ -140,3 +140,12 @@ def test_clear_errors_without_attention_or_a_known_head() -> None:
 
     with pytest.raises(ValueError, match="pass head=f"):
         camkit.explain(Unknown(), torch.rand(1, 3, 32, 32), None, ["legrad"])
+
+
+def test_legrad_shares_the_pass_with_gradient_methods() -> None:
+    model, x = tiny_vit(), torch.rand(2, 3, 32, 32)
+    both = camkit.explain(model, x, [1, 2], ["gradcam", "legrad"])
+    torch.testing.assert_close(both.raw["gradcam"],
+                               camkit.explain(model, x, [1, 2], ["gradcam"]).raw["gradcam"])
+    torch.testing.assert_close(both.raw["legrad"],
+                               camkit.explain(model, x, [1, 2], ["legrad"]).raw["legrad"])

@@ -1,11 +1,12 @@
 """The attention probabilities of a transformer's blocks and the gradients of per-block scores
 with respect to them (what LeGrad reads).
 
-During one forward pass from the input, every ``scaled_dot_product_attention`` call inside a
-block of the model (timm's and Hugging Face's attention, torchvision's
-``nn.MultiheadAttention``) is computed explicitly as ``P = softmax(q kᵀ · scale + mask)``,
-``out = P v``, the same value, so that ``P`` ``(B, heads, N, N)`` is a tensor of the graph; the
-block's output tokens ``Z`` ``(B, N, D)`` are kept too. Nothing of the model is changed.
+During the one forward pass of ``camkit.explain``, which then starts at the input, every
+``scaled_dot_product_attention`` call inside a block of the model (timm's and Hugging Face's
+attention, torchvision's ``nn.MultiheadAttention``) is computed explicitly as
+``P = softmax(q kᵀ · scale + mask)``, ``out = P v``, the same value, so that ``P``
+``(B, heads, N, N)`` is a tensor of the graph; the block's output tokens ``Z`` ``(B, N, D)``
+are kept too. Nothing of the model is changed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..targets import Scores
-from .hooks import Inputs, batched_grad
+from .hooks import batched_grad
 from .layers import repeated_blocks
 
 TokenHead = Callable[[Tensor], Any]  # tokens (B, N, D) -> the model's output for them
@@ -144,20 +145,26 @@ def _tracking(model: nn.Module, blocks: list[str], stack: list[str],
             handle.remove()
 
 
-def block_attentions(model: nn.Module, inputs: Inputs) -> list[BlockAttention]:
-    """One forward pass with gradients from the (first) input: the blocks, in call order,
-    that computed an attention, with their output tokens and probabilities. A clear error for a
-    model without any."""
+@contextlib.contextmanager
+def recording_attention(model: nn.Module) -> Iterator[list[BlockAttention]]:
+    """Inside the block, every forward pass of ``model`` computes its blocks' attention
+    explicitly (same values); on exit, the list it yields holds, in call order, the blocks that
+    computed an attention, with their output tokens and probabilities (empty for a model
+    without attention). A graph reaches them when the pass runs with gradients from an input
+    that requires them (which also keeps ``nn.MultiheadAttention`` off its fused fast path)."""
     stack: list[str] = []
     found: dict[str, Tensor] = {}
     tokens: dict[str, Tensor] = {}
-    blocks = sorted(repeated_blocks(model))
-    x = inputs[0].detach().requires_grad_(True)  # keeps attention off its no-grad fast paths
-    with _tracking(model, blocks, stack, tokens), torch.enable_grad(), _AttentionMode(stack,
-                                                                                      found):
-        model(x, *inputs[1:])
-    captured = [BlockAttention(name, tokens[name], found[name]) for name in tokens
-                if name in found and tokens[name].dim() == 3]
+    captured: list[BlockAttention] = []
+    with _tracking(model, sorted(repeated_blocks(model)), stack, tokens), _AttentionMode(
+            stack, found):
+        yield captured
+    captured += [BlockAttention(name, tokens[name], found[name]) for name in tokens
+                 if name in found and tokens[name].dim() == 3]
+
+
+def with_attention(captured: list[BlockAttention], model: nn.Module) -> list[BlockAttention]:
+    """``captured`` when it holds a block; else a clear error for a model without attention."""
     if not captured:
         raise ValueError(
             f"legrad explains vision transformers, but no block of {type(model).__name__} "

@@ -3,8 +3,8 @@ probabilities, for vision transformers.
 
 Each block ``l``'s output tokens ``Z^l`` are read through the model's head (by default
 ``head(norm(mean_i Z^l_i))``, :func:`camkit.capture.attention.token_head`) to give the target
-score ``s^l``; its gradient with respect to the block's attention probabilities ``P^l`` (one
-forward pass from the input, one batched backward pass per block) makes the map. The target
+score ``s^l``; its gradient with respect to the block's attention probabilities ``P^l`` (read in
+the call's one forward pass, then one batched backward pass per block) makes the map. The target
 layer is unused: LeGrad reads the blocks themselves. Raw maps are ``(B, K, g, g)`` on the patch
 grid (the leading class / register tokens dropped, :func:`camkit.capture.layers.token_grid`).
 """
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..capture import LayerPass
-from ..capture.attention import TokenHead, attention_gradients, block_attentions, token_head
+from ..capture.attention import TokenHead, attention_gradients, token_head, with_attention
 from ..capture.layers import token_grid
 from .registry import ATTENTION, Method, register
 
@@ -47,7 +47,7 @@ def _checked_blocks(blocks: int | None, available: int) -> int:
 
 def _legrad(layer_pass: LayerPass, blocks: int | None = None, head: TokenHead | None = None
             ) -> Tensor:
-    captured = block_attentions(layer_pass.model, layer_pass.inputs)
+    captured = with_attention(layer_pass.block_attention, layer_pass.model)
     captured = captured[-_checked_blocks(blocks, len(captured)):]
     read_out = token_head(layer_pass.model) if head is None else head
     tokens = legrad(legrad_block(g) for g in attention_gradients(captured, read_out,
