@@ -165,7 +165,7 @@ def test_saved_network_loads_into_a_fresh_one(tmp_path: Path) -> None:
 def test_classic_part_uses_every_method_without_a_trained_artifact() -> None:
     methods = demo.classic_methods()
     assert set(methods) == set(camkit.available_methods()) - {"mcam", "mcam-gradcam",
-                                                              "embedding-gradcam"}
+                                                              "embedding-gradcam", "legrad"}
     assert {"gradcam", "scorecam", "ablationcam", "eigencam", "guided-gradcam"} <= set(methods)
 
 

@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 CAM = method_class("CAM", "cam")
 GradCAM = method_class("GradCAM", "gradcam")
 FullGrad = method_class("FullGrad", "fullgrad")
+LeGrad = method_class("LeGrad", "legrad")
 GradCAMPlusPlus = method_class("GradCAMPlusPlus", "gradcam++")
 SmoothGradCAMPlusPlus = method_class("SmoothGradCAMPlusPlus", "smoothgradcam++")
 XGradCAM = method_class("XGradCAM", "xgradcam")
@@ -49,9 +50,10 @@ __all__ = [
     "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "Concepts", "EigenCAM",
     "EigenGradCAM", "EmbeddingGradCAM", "EvaluationResults", "Explanation", "FEM", "FullGrad",
     "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM",
-    "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "MCAM", "MCAMGradCAM", "Occlusion", "RISE",
-    "RawScoresOutputTarget", "SSCAM", "ScoreCAM", "SemanticSegmentationTarget", "ShapleyCAM",
-    "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods", "available_metrics", "batch",
+    "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LeGrad", "MCAM", "MCAMGradCAM", "Occlusion",
+    "RISE", "RawScoresOutputTarget", "SSCAM", "ScoreCAM", "SemanticSegmentationTarget",
+    "ShapleyCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "available_methods", "available_metrics",
+    "batch",
     "embedding", "evaluate", "explain", "explanation_to_html", "factorize", "memory",
     "method_class", "methods", "metrics", "report", "save_explanation", "serve", "targets",
 ]

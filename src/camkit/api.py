@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,7 +18,7 @@ from .capture.layers import LayerSpec, Reshape, choose_layer, find_layer, module
 from .fusion import check_fusion, fuse
 from .methods import registry
 from .methods.eigen import check_channel_terms, eigen_smoothed
-from .methods.registry import GRADIENTS, INPUT_GRADIENTS, Method
+from .methods.registry import ATTENTION, GRADIENTS, INPUT_GRADIENTS, Method
 from .postprocess import minmax, postprocess
 from .targets import ScoreFn, TargetSpec, resolve
 
@@ -240,15 +241,20 @@ def explain(
     inputs = as_inputs(x)
     layers = resolve_layers(model, layer, inputs)
     needs = frozenset().union(*(m.needs for m in chosen))
-    grad_mode = torch.enable_grad() if needs & {GRADIENTS, INPUT_GRADIENTS} else torch.no_grad()
+    graph = needs & {GRADIENTS, INPUT_GRADIENTS, ATTENTION}
+    grad_mode = torch.enable_grad() if graph else torch.no_grad()
+    recording = (capture.recording_attention(model) if ATTENTION in needs
+                 else contextlib.nullcontext(None))
     with capture.borrowed(model, eval_mode), grad_mode:
-        cap = capture.run_forward_layers(
-            model, layers, inputs,
-            layer_grad=GRADIENTS in needs, input_grad=INPUT_GRADIENTS in needs,
-        )
+        with recording as attention:
+            cap = capture.run_forward_layers(
+                model, layers, inputs, layer_grad=GRADIENTS in needs,
+                input_grad=INPUT_GRADIENTS in needs, from_input=ATTENTION in needs,
+            )
         score_fn = resolve(targets, cap.outputs, inputs[0].shape[0])
         scores = _checked_scores(score_fn, cap.outputs, inputs[0].shape[0])
-        passes = _layer_passes(model, layers, inputs, cap, score_fn, scores, needs, reshape, seed)
+        passes = _layer_passes(model, layers, inputs, cap, score_fn, scores, needs, reshape, seed,
+                               attention)
         del cap
         raw = [{m.name: _raw_map(m, layer_pass, opts, eigen_smooth)
                 for m, opts in zip(chosen, per_method_options, strict=True)}
@@ -264,7 +270,7 @@ def explain(
 def _layer_passes(
     model: nn.Module, layers: dict[str, nn.Module], inputs: tuple[Tensor, ...],
     cap: capture.Capture, score_fn: ScoreFn, scores: Tensor, needs: frozenset[str],
-    reshape: Reshape | None, seed: int,
+    reshape: Reshape | None, seed: int, attention: list[capture.BlockAttention] | None,
 ) -> list[LayerPass]:
     """One :class:`LayerPass` per captured layer; gradients of all from one backward pass."""
     activations = [to_spatial(a, reshape) for a in cap.activations]
@@ -294,6 +300,7 @@ def _layer_passes(
             score_outputs=score_fn.score,
             gradients_for_inputs=capture.layer_gradients_for_inputs(
                 model, module, call, score_fn, lambda grads: _spatial(grads, reshape)),
+            attention=attention,
         )
         for (name, module), act, spatial, grads, call in zip(
             layers.items(), cap.activations, activations, gradients, cap.calls, strict=True)

@@ -90,3 +90,48 @@ class BoxScoreTarget(Target):
         best = torch.where(match, iou, -1.0).argmax(dim=1, keepdim=True)
         picked = value.gather(1, best)[:, 0]
         return torch.where(match.any(dim=1), picked, picked * 0)
+
+
+def confident_detections(outputs: Any, score_threshold: float, max_boxes: int
+                         ) -> list[tuple[Tensor, Tensor]]:
+    """Each image's detections scoring at least ``score_threshold``, best first, at most
+    ``max_boxes``: ``(boxes (D, 4), labels (D,))`` per image, detached."""
+    kept = []
+    for found in detections_of(outputs):
+        order = found["scores"].argsort(descending=True)
+        order = order[found["scores"][order] >= score_threshold][:max_boxes]
+        kept.append((found["boxes"][order].detach(), found["labels"][order].detach()))
+    return kept
+
+
+@dataclass
+class DetectedBoxesTarget(Target):
+    """Every detection of the unperturbed output scoring at least ``score_threshold`` (at most
+    ``max_boxes`` per image, best first), explained as a :class:`BoxScoreTarget` reference
+    box: one map per detection, the ``k``-th map of image ``b`` for its ``k``-th detection.
+
+    Images with fewer detections than the batch's most are padded with boxes that match
+    nothing (score 0: constant maps, flagged in ``expl.constant``);
+    :func:`confident_detections` says how many each image has.
+    """
+
+    score_threshold: float = 0.5
+    max_boxes: int = 10
+    iou_threshold: float = 0.5
+
+    def bind(self, outputs: Any) -> BoxScoreTarget:
+        kept = confident_detections(outputs, self.score_threshold, self.max_boxes)
+        most = max(len(labels) for _, labels in kept)
+        if most == 0:
+            raise ValueError(f"no detection scores at least {self.score_threshold}; lower the "
+                             "score threshold or give a reference box (BoxScoreTarget)")
+        boxes = torch.zeros(len(kept), most, 4)
+        labels = torch.full((len(kept), most), -1, dtype=torch.long)
+        for b, (found, found_labels) in enumerate(kept):
+            boxes[b, :len(found)], labels[b, :len(found)] = found.cpu(), found_labels.cpu()
+        return BoxScoreTarget(boxes, labels, self.iou_threshold)
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        """The scores of the detections in ``outputs`` itself (``camkit.explain`` binds the
+        target to the unperturbed output first)."""
+        return self.bind(outputs).scores(outputs, rows)

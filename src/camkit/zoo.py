@@ -55,6 +55,8 @@ class LoadedModel:
         layer: the default target layer's dotted name.
         input_size: the side of the square network input.
         arch: the architecture name.
+        task: ``"classification"``, ``"segmentation"`` (per-pixel class scores) or
+            ``"detection"`` (one dict of boxes, labels and scores per image).
     """
 
     model: nn.Module
@@ -63,12 +65,27 @@ class LoadedModel:
     layer: str
     input_size: int
     arch: str
+    task: str = "classification"
+
+
+# torchvision's model families beyond classification, by task.
+TASK_MODULES = {"segmentation": torchvision.models.segmentation,
+                "detection": torchvision.models.detection}
 
 
 def available_archs() -> list[str]:
     """The architecture names :func:`load_model` accepts: EfficientNet-Lite0..4 and every
-    torchvision classification model."""
-    return [*_LITE_ARCHS, *torchvision.models.list_models(module=torchvision.models)]
+    torchvision classification, semantic segmentation and detection model."""
+    return [*_LITE_ARCHS, *torchvision.models.list_models(module=torchvision.models),
+            *(name for module in TASK_MODULES.values()
+              for name in torchvision.models.list_models(module=module))]
+
+
+def task_of(arch: str) -> str:
+    """The task of a torchvision architecture: ``"segmentation"``, ``"detection"`` or
+    ``"classification"``."""
+    return next((task for task, module in TASK_MODULES.items()
+                 if arch in torchvision.models.list_models(module=module)), "classification")
 
 
 def imagenet_classes() -> list[str]:
@@ -140,6 +157,8 @@ def load_model(
             raise ValueError(f"{arch} has a {IMAGENET_CLASSES}-class head; num_classes "
                              f"{num_classes} needs a torchvision or timm architecture")
         loaded = _load_lite(arch, weights, random_init)
+    elif task_of(arch) != "classification":
+        loaded = _load_task_model(arch, weights, num_classes)
     else:
         loaded = _load_torchvision(arch, weights, num_classes)
     return _named(loaded, class_names)
@@ -247,6 +266,42 @@ def _load_torchvision(arch: str, weights: PathLike | None,
     if layer is None:
         layer = choose_layer(model.eval(), (torch.zeros(1, 3, size, size),))
     return LoadedModel(model, preprocess, class_names_for(num_classes), layer, size, arch)
+
+
+def _load_task_model(arch: str, weights: PathLike | None,
+                     num_classes: int | None) -> LoadedModel:
+    """A torchvision segmentation model or detector, built without downloading anything
+    (``weights_backbone=None``). Class names: its weights' categories (VOC's 21, COCO's 91)
+    when the head has as many classes. Preprocessing: a plain resize to a square, of side 520
+    with ImageNet normalisation for segmentation, the detector's ``min_size`` with pixels in
+    [0, 1] for detectors (they normalise inside). Layer: the last stage of the backbone."""
+    task = task_of(arch)
+    categories = list(next(iter(torchvision.models.get_model_weights(arch))).meta["categories"])
+    model = torchvision.models.get_model(arch, weights=None, weights_backbone=None,
+                                         num_classes=num_classes or len(categories))
+    if weights is not None:
+        _fit_state_dict(model, read_state_dict(weights), weights, arch)
+    if task == "segmentation":
+        preprocess = Preprocess(520, crop_fraction=None)
+    else:
+        size = int(model.transform.min_size[0])
+        preprocess = Preprocess(size, mean=(0.0,) * 3, std=(1.0,) * 3, crop_fraction=None)
+    classes = num_classes or len(categories)
+    names = categories if classes == len(categories) else [str(i) for i in range(classes)]
+    return LoadedModel(model, preprocess, names, backbone_layer(model), preprocess.size, arch,
+                       task)
+
+
+def backbone_layer(model: nn.Module) -> str:
+    """The last stage of a segmentation model's or detector's backbone (``backbone.layer4``,
+    ``backbone.body.layer4``, ``backbone.16`` for MobileNets): a module with a tensor output
+    (``backbone`` itself returns a dict)."""
+    modules = dict(model.named_modules())
+    for path in ("backbone.body", "backbone.features", "backbone"):
+        children = [name for name, _ in modules[path].named_children()] if path in modules else []
+        if children:
+            return f"{path}.{children[-1]}"
+    raise ValueError(f"{type(model).__name__} has no backbone with stages; pass a layer")
 
 
 def head_classes(model: nn.Module, state: dict[str, Tensor]) -> int | None:

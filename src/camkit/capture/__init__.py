@@ -9,9 +9,11 @@
 - :mod:`~camkit.capture.split` and :mod:`~camkit.capture.folding`: the network after a layer as
   its own module, and batch-norm-folded channels-last copies;
 - :mod:`~camkit.capture.batches`: model evaluations in batches under a memory budget;
+- :mod:`~camkit.capture.attention`: a transformer's attention probabilities in the graph;
 - :mod:`~camkit.capture.layer_pass`: what one pass hands to every method.
 """
 
+from .attention import BlockAttention, recording_attention
 from .batches import (
     BATCH_OPTIONS,
     DEFAULT_MAX_BATCH_MEMORY,
@@ -39,10 +41,10 @@ from .layer_pass import LayerPass
 from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
 
 __all__ = [
-    "BATCH_OPTIONS", "Batching", "Capture", "DEFAULT_MAX_BATCH_MEMORY", "LayerNotReachedError",
-    "LayerPass", "LayerSpec", "Reshape", "batched_grad", "batched_grads", "borrowed",
-    "choose_layer", "find_layer", "forward_bytes", "input_scorer", "layer_gradients_for_inputs",
-    "layer_hook", "model_lock", "module_name", "module_output_gradients",
-    "rescorer_for_activations", "rescorer_for_inputs", "run_forward", "run_forward_layers",
-    "run_items", "to_spatial",
+    "BATCH_OPTIONS", "Batching", "BlockAttention", "Capture", "DEFAULT_MAX_BATCH_MEMORY",
+    "LayerNotReachedError", "LayerPass", "LayerSpec", "Reshape", "batched_grad", "batched_grads",
+    "borrowed", "choose_layer", "find_layer", "forward_bytes", "input_scorer",
+    "layer_gradients_for_inputs", "layer_hook", "model_lock", "module_name",
+    "module_output_gradients", "recording_attention", "rescorer_for_activations",
+    "rescorer_for_inputs", "run_forward", "run_forward_layers", "run_items", "to_spatial",
 ]

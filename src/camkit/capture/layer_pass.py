@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from ..targets import Scores
+from .attention import BlockAttention
 
 
 @dataclass
@@ -41,6 +42,9 @@ class LayerPass:
             gradients of the target scores at the layer when the model runs on new inputs
             (with ``hessian=True`` also the Hessian-vector products ``H A``: ``(2, n, K, C, h,
             w)``), or ``None``.
+        attention: the blocks that computed an attention in the pass, in call order, with
+            their output tokens and probabilities in the graph from the input
+            (:func:`camkit.capture.attention.recording_attention`), or ``None``.
     """
 
     activations: Tensor
@@ -60,6 +64,7 @@ class LayerPass:
     notes: dict[str, Any] = field(default_factory=dict)
     score_outputs: Scores | None = None
     gradients_for_inputs: Callable[..., Tensor] | None = None
+    attention: list[BlockAttention] | None = None
 
     @property
     def gradients_at(self) -> Callable[..., Tensor]:
@@ -75,6 +80,11 @@ class LayerPass:
     def guided_gradients(self) -> Tensor:
         """:attr:`input_gradients`, for a method registered with ``needs={INPUT_GRADIENTS}``."""
         return _present(self.input_gradients, "input gradients", "INPUT_GRADIENTS")
+
+    @property
+    def block_attention(self) -> list[BlockAttention]:
+        """:attr:`attention`, for a method registered with ``needs={ATTENTION}``."""
+        return _present(self.attention, "attention", "ATTENTION")
 
     @property
     def output_scorer(self) -> Scores:

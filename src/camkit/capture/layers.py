@@ -110,7 +110,7 @@ def last_block_input(model: nn.Module, called: list[str], token_modules: list[st
     """Of the modules with token outputs (names in call order), the first one inside the
     model's last block: the last-called child of a container of repeated blocks, descending
     into nested ones (a Swin stage's blocks). ``called``: every module in call order."""
-    blocks = _repeated_blocks(model)
+    blocks = repeated_blocks(model)
     block: str | None = None
     while True:
         inner = [n for n in called if n in blocks
@@ -123,7 +123,7 @@ def last_block_input(model: nn.Module, called: list[str], token_modules: list[st
     return next((n for n in token_modules if n.startswith(block + ".")), block)
 
 
-def _repeated_blocks(model: nn.Module) -> set[str]:
+def repeated_blocks(model: nn.Module) -> set[str]:
     """Names of the blocks of ``Sequential`` / ``ModuleList`` containers of two or more
     composite modules of one type (``blocks.3`` of timm's ViT, torchvision's
     ``encoder.layers.encoder_layer_3``, a Swin stage and its blocks)."""

@@ -87,6 +87,43 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, role: str = "") -> N
                         help="target layer (dotted name); default: the architecture's usual one")
 
 
+def box(text: str) -> tuple[float, float, float, float]:
+    """An argparse type: ``X0,Y0,X1,Y1`` in image pixels, with ``X0 < X1`` and ``Y0 < Y1``."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X0,Y0,X1,Y1 (four numbers), got {text!r}"
+                                         ) from None
+    if not (x0 < x1 and y0 < y1):
+        raise argparse.ArgumentTypeError(f"a box needs X0 < X1 and Y0 < Y1, got {text!r}")
+    return x0, y0, x1, y1
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to explain in a segmentation model's or a detector's output (``--box``,
+    ``--mask``, ``--score-threshold``, ``--max-boxes``) and ``--input-size``."""
+    parser.add_argument("--input-size", type=positive_int, default=None, metavar="N",
+                        help="side of the square network input (default: the architecture's; "
+                             "520 for segmentation models, the detector's min_size)")
+    parser.add_argument("--box", type=box, default=None, metavar="X0,Y0,X1,Y1",
+                        help="in image pixels: segmentation, the region where --target's "
+                             "class is explained; detection, the reference box (of class "
+                             "--target) whose matching detection is explained")
+    parser.add_argument("--mask", default=None, metavar="FILE",
+                        help="segmentation: an image whose non-black pixels are the region "
+                             "(stretched to each image); default: where the model predicts "
+                             "--target's class")
+    parser.add_argument("--score-threshold", type=float, default=None, metavar="T",
+                        help="detection: explain each detection scoring at least T (default "
+                             f"{DETECTION_DEFAULTS['score_threshold']}), one map per box")
+    parser.add_argument("--max-boxes", type=positive_int, default=None, metavar="N",
+                        help="detection: at most N detections per image, best first (default "
+                             f"{DETECTION_DEFAULTS['max_boxes']})")
+
+
+DETECTION_DEFAULTS = {"score_threshold": 0.5, "max_boxes": 10}
+
+
 def load_model(args: argparse.Namespace) -> zoo.LoadedModel:
     """The model that :func:`add_model_arguments`' arguments name."""
     head = {"num_classes": args.num_classes,

@@ -11,12 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from camkit import api
 from camkit.cli.arguments import (
+    DETECTION_DEFAULTS,
     add_methods_argument,
     add_model_arguments,
+    add_task_arguments,
     check_method_options,
     load_model,
     names,
@@ -25,14 +28,18 @@ from camkit.cli.arguments import (
     positive_int,
 )
 from camkit.cli.arguments import device as device_argument
+from camkit.data import load_image
+from camkit.data.images import ResizePlan
 from camkit.data.specs import folder_images, list_images, parse_spec
+from camkit.detection import BoxScoreTarget, DetectedBoxesTarget
 from camkit.embedding import WeightBank
 from camkit.fusion import FUSIONS
 from camkit.memory import BiasReducingMemory
 from camkit.memory.network import MemoryNetwork
 from camkit.methods import registry
-from camkit.targets import class_index
-from camkit.viz.outputs import ExplainedImage, explain_images
+from camkit.segmentation import SemanticSegmentationTarget
+from camkit.targets import TargetSpec, class_index
+from camkit.viz.outputs import BatchTarget, ExplainedImage, explain_images
 from camkit.viz.report import report_from_results
 from camkit.zoo import LoadedModel
 
@@ -57,8 +64,11 @@ def add_parser(subparsers: Any) -> None:
     add_methods_argument(ex)
     ex.add_argument("--target", default="pred",
                     help="pred (the predicted class), a class index, or a class name; with "
-                         "--memory, of the memory's classes, for every method")
+                         "--memory, of the memory's classes, for every method; for a "
+                         "segmentation model the class to explain, for a detector with --box "
+                         "the box's class")
     add_model_arguments(ex)
+    add_task_arguments(ex)
     ex.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cuda if any)")
     ex.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                     help="a method option (repeatable), e.g. max_channels=64 or n_samples=8; "
@@ -95,10 +105,14 @@ def run(args: argparse.Namespace) -> int:
     artifacts = trained_artifacts(args, methods, device)
     network = load_model(args)
     network.model.to(device)
+    if args.input_size is not None:
+        network = replace(network, preprocess=replace(network.preprocess, size=args.input_size),
+                          input_size=args.input_size)
     loaded, layer = with_memory(network, artifacts.get("memory"), args.layer)
-    target = parse_target(args.target, loaded.class_names)
+    target, batch_target = task_target(args, loaded)
     several = names(layer) if isinstance(layer, str) else []
     results, failed = explain_images(paths, loaded, methods, out, target=target,
+                                     batch_target=batch_target,
                                      layer=several if len(several) > 1 else layer,
                                      batch_size=args.batch_size, alpha=args.alpha,
                                      options=options | artifacts | {"fusion": args.fusion})
@@ -110,6 +124,71 @@ def run(args: argparse.Namespace) -> int:
     for path, reason in failed:
         print(f"camkit: skipped {path}: {reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def task_target(args: argparse.Namespace, loaded: LoadedModel
+                ) -> tuple[TargetSpec, BatchTarget | None]:
+    """What ``--target``, ``--box``, ``--mask``, ``--score-threshold`` and ``--max-boxes`` ask of
+    the model's task: a class (classification); a class inside the predicted region, a box or
+    a mask (segmentation); each confident detection, or the detection matching a box
+    (detection). Region and box targets are made per batch, in its input pixels."""
+    check_task_flags(args, loaded.task)
+    category = parse_target(args.target, loaded.class_names)
+    if loaded.task == "classification":
+        return category, None
+    if loaded.task == "detection" and args.box is None:
+        given = {name: getattr(args, name) for name in DETECTION_DEFAULTS}
+        chosen = {name: DETECTION_DEFAULTS[name] if value is None else value
+                  for name, value in given.items()}
+        return DetectedBoxesTarget(float(chosen["score_threshold"]),
+                                   int(chosen["max_boxes"])), None
+    if category is None:
+        what = ("the class to explain" if loaded.task == "segmentation"
+                else "the class of the --box")
+        raise ValueError(f"--target pred has no meaning for a {loaded.task} model here: give "
+                         f"{what} (an index or a class name), e.g. --target 1")
+    if loaded.task == "detection":
+        return None, lambda plans: BoxScoreTarget(
+            torch.tensor([[plan.box(args.box)] for plan in plans]),
+            torch.full((len(plans), 1), category))
+    if args.box is None and args.mask is None:
+        return SemanticSegmentationTarget(category), None
+    mask = None if args.mask is None else np.asarray(np.asarray(load_image(args.mask)).any(axis=2))
+    return None, lambda plans: SemanticSegmentationTarget(category,
+                                                          region_masks(plans, args.box, mask))
+
+
+def check_task_flags(args: argparse.Namespace, task: str) -> None:
+    """Refuse the task flags that ``task`` does not use, and ``--box`` with ``--mask``."""
+    allowed = {"classification": set(), "segmentation": {"box", "mask"},
+               "detection": {"box", *DETECTION_DEFAULTS}}[task]
+    for name in ("box", "mask", *DETECTION_DEFAULTS):
+        if getattr(args, name) is not None and name not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is for {_users(name)} models; --arch {args.arch} is a "
+                             f"{task} model")
+    if args.box is not None and args.mask is not None:
+        raise ValueError("give the segmentation region as --box or as --mask, not both")
+
+
+def _users(flag: str) -> str:
+    return {"box": "segmentation and detection", "mask": "segmentation"}.get(flag, "detection")
+
+
+def region_masks(plans: Sequence[ResizePlan], box: tuple[float, float, float, float] | None,
+                 mask: np.ndarray | None) -> torch.Tensor:
+    """A ``(B, size, size)`` bool region per image: ``box`` or ``mask`` (image pixels) in
+    each image's input pixels."""
+    regions = []
+    for plan in plans:
+        if mask is not None:
+            regions.append(torch.from_numpy(plan.mask(mask)))
+            continue
+        x0, y0, x1, y1 = (round(v) for v in plan.box(box))  # type: ignore[arg-type]
+        region = torch.zeros(plan.size, plan.size, dtype=torch.bool)
+        region[y0:y1, x0:x1] = True
+        regions.append(region)
+    return torch.stack(regions)
 
 
 def write_report(args: argparse.Namespace, results: list[ExplainedImage], layer: str,

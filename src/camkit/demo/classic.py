@@ -13,8 +13,10 @@ from camkit.zoo import load_model
 
 
 def classic_methods() -> list[str]:
-    """Every registered method that needs no trained artifact."""
-    return [m for m in api.available_methods() if api.registry.needed_artifact(m) is None]
+    """Every registered method that needs no trained artifact and no attention (the demo's
+    model is a convolutional network)."""
+    return [m for m in api.available_methods() if api.registry.needed_artifact(m) is None
+            and api.registry.ATTENTION not in api.registry.get_method(m).needs]
 
 
 def classic_part(out: Path, s: ClassicSettings, progress: bool | None) -> Part:

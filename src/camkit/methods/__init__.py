@@ -11,6 +11,7 @@ from . import (  # noqa: F401  (registration side effects)
     fullgrad,
     gradient,
     guided,
+    legrad,
     occlusion,
     rise,
     score,

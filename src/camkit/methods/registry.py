@@ -17,6 +17,7 @@ from torch import Tensor
 # What a method can ask of the engine.
 GRADIENTS = "gradients"  # d score / d activation, (B, K, C, h, w)
 INPUT_GRADIENTS = "input_gradients"  # guided-backprop gradients at the input, (B, K, *x.shape[1:])
+ATTENTION = "attention"  # the attention of a transformer's blocks (the method runs it itself)
 
 
 @dataclass(frozen=True)
