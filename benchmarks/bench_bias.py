@@ -13,7 +13,10 @@ like chest X-rays) and Fashion-MNIST mosaics (`camkit.data.mosaic.MosaicMultiLab
 them: the bias check (the CNN's score for a class on partner-only images against images with
 neither), the memory's training diagnostics, the controls and M-CAM configurations of
 `bias_controls.py`, the correlation of the maps of classes 0 and 1 on images showing both, and
-the goal test against Grad-CAM. Then the pretrained EfficientNet-Lite0 with every
+the goal test against Grad-CAM. *fashion-lite0* is the deep pretrained-backbone setting: the
+same mosaics through a frozen ImageNet EfficientNet-Lite0 (1,280 channels) with a linear head
+for the six classes trained on the biased split, the memory on that backbone's features. Then
+the pretrained EfficientNet-Lite0 with every
 classic method on grid mosaics of foolbox's ImageNet photos (grid pointing game) and on
 imgaug's quokka photo (box and mask).
 
@@ -58,7 +61,12 @@ from camkit.data.files import evaluation_data
 from camkit.data.mosaic import ImageNetGrid, MosaicMultiLabel, fashion_pool
 from camkit.data.synthetic import SyntheticMultiLabel
 from camkit.evaluate import METRICS, EvaluationResults, evaluate
-from camkit.memory import layer_features, mean_average_precision, train_memory
+from camkit.memory import (
+    BiasReducingMemory,
+    layer_features,
+    mean_average_precision,
+    train_memory,
+)
 from camkit.memory.diagnostics import summary_lines
 from camkit.zoo import imagenet_classes, load_model
 from common import THREADS, machine, update_marked_section
@@ -74,6 +82,8 @@ RARE = {4: 1 / 50, 5: 1 / 50}
 PARTNERS = {0: 1, 1: 0, 2: 3, 3: 2}  # energy-leak: each paired class against its partner
 FASHION_CLASSES = (0, 1, 8, 7, 3, 9)  # T-shirt→Trouser, Bag→Sneaker paired; Dress, boot rare
 LAYER = "features"
+PROBE_LAYER = "backbone._bn1.act"  # EfficientNet-Lite0's last layer, (B, 1280, 7, 7)
+FEATURE_BATCH = 64
 # Score-CAM on EfficientNet-Lite0's 1280 channels costs 1280 forward passes per image: keep
 # the 128 channels of highest activation variance (its max_channels option).
 PRETRAINED_OPTIONS = {"scorecam": {"max_channels": 128, "progress": False}}
@@ -122,19 +132,76 @@ def stacked(data: Dataset) -> tuple[Tensor, Tensor]:
     return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
 
 
-def train_cnn(x: Tensor, y: Tensor, seed: int, epochs: int) -> SmallCNN:
-    """A :class:`SmallCNN` trained with BCE and Adam (lr 3e-3, batch 64); frozen, eval mode."""
-    torch.manual_seed(seed)
-    net = SmallCNN(y.shape[1])
-    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+class LinearProbe(nn.Module):
+    """A frozen ImageNet EfficientNet-Lite0 with a new linear head (``backbone._fc``, 1280 →
+    classes). ``(B, 3, H, W)`` images in [0, 1] are resized bilinearly to Lite0's 224 × 224 and
+    normalised as it expects; ``backbone._bn1.act`` is ``(B, 1280, 7, 7)``, then global average
+    pool → head (dropout is off in eval mode)."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        loaded = load_model("efficientnet-lite0")
+        self.backbone, self.size = loaded.model, loaded.preprocess.size
+        self.backbone._fc = nn.Linear(self.backbone._fc.in_features, classes)
+        self.register_buffer("mean", torch.tensor(loaded.preprocess.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(loaded.preprocess.std).view(1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                                      align_corners=False)
+        return self.backbone((x - self.mean) / self.std)
+
+
+@dataclass(frozen=True)
+class Network:
+    """A bias run's frozen classifier, its target layer and that layer's features
+    ``(n, c, h, w)`` of the training images (the memory trains on them)."""
+
+    model: nn.Module
+    layer: str
+    features: Tensor
+
+
+def fit_bce(module: nn.Module, inputs: Tensor, y: Tensor, seed: int, epochs: int) -> None:
+    """Train ``module`` on ``(inputs, y)`` with BCE and Adam (lr 3e-3, batch 64)."""
+    optimizer = torch.optim.Adam(module.parameters(), lr=3e-3)
     order = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
-        for rows in torch.randperm(len(x), generator=order).split(64):
-            loss = nn.functional.binary_cross_entropy_with_logits(net(x[rows]), y[rows])
+        for rows in torch.randperm(len(inputs), generator=order).split(64):
+            loss = nn.functional.binary_cross_entropy_with_logits(module(inputs[rows]), y[rows])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+
+
+def train_cnn(x: Tensor, y: Tensor, seed: int, epochs: int) -> SmallCNN:
+    """A :class:`SmallCNN` trained with :func:`fit_bce`; frozen, eval mode."""
+    torch.manual_seed(seed)
+    net = SmallCNN(y.shape[1])
+    fit_bce(net, x, y, seed, epochs)
     return net.eval().requires_grad_(False)
+
+
+def batched_features(net: nn.Module, layer: str, x: Tensor) -> Tensor:
+    """``layer_features`` of ``x`` in batches of :data:`FEATURE_BATCH` images."""
+    return torch.cat([layer_features(net, layer, rows) for rows in x.split(FEATURE_BATCH)])
+
+
+def small_cnn(x: Tensor, y: Tensor, seed: int, s: Settings) -> Network:
+    """The small CNN trained on the biased split, end to end."""
+    net = train_cnn(x, y, seed, s.epochs)
+    return Network(net, LAYER, batched_features(net, LAYER, x))
+
+
+def pretrained_probe(x: Tensor, y: Tensor, seed: int, s: Settings) -> Network:
+    """A :class:`LinearProbe` whose head alone is trained (:func:`fit_bce`) on the biased
+    split's pooled backbone features: the bias lives in the head, the backbone is ImageNet's."""
+    torch.manual_seed(seed)
+    net = LinearProbe(y.shape[1]).eval().requires_grad_(False)
+    features = batched_features(net, PROBE_LAYER, x)
+    head = net.backbone._fc.requires_grad_(True)
+    fit_bce(head, features.mean(dim=(2, 3)), y, seed, s.epochs)
+    return Network(net.requires_grad_(False), PROBE_LAYER, features)
 
 
 def synthetic_splits(seed: int, s: Settings, placement: str = "random"
@@ -158,44 +225,58 @@ def fashion_splits(seed: int, s: Settings) -> tuple[Dataset, Dataset]:
     return train, train.decorrelated(s.test, fashion_pool("test"))
 
 
-SPLITS: dict[str, Callable[[int, Settings], tuple[Dataset, Dataset]]] = {
-    "synthetic": synthetic_splits, "synthetic-anchored": anchored_splits,
-    "fashion-mosaic": fashion_splits}
+Splits = Callable[[int, Settings], tuple[Dataset, Dataset]]
+Builder = Callable[[Tensor, Tensor, int, Settings], Network]
+PARTS: dict[str, tuple[Splits, Builder]] = {
+    "synthetic": (synthetic_splits, small_cnn),
+    "synthetic-anchored": (anchored_splits, small_cnn),
+    "fashion-mosaic": (fashion_splits, small_cnn),
+    "fashion-lite0": (fashion_splits, pretrained_probe)}
+SECTIONS = {"fashion-lite0": "bias-backbone"}  # the other parts go to the "bias" section
+TITLES = {"bias": "The bias benchmark (M-CAM against the classic methods)",
+          "bias-backbone": "The bias benchmark on a pretrained backbone (EfficientNet-Lite0)"}
 
 
 def bias_run(kind: str, seed: int, s: Settings) -> tuple[EvaluationResults, dict[str, Any]]:
-    """One seed of one data set: train the CNN and the memory, evaluate every method."""
-    train, test = SPLITS[kind](seed, s)
+    """One seed of one data set: train the network and the memories, evaluate every method."""
+    splits, build = PARTS[kind]
+    train, test = splits(seed, s)
     x, y = stacked(train)
     start = time.perf_counter()
-    net = train_cnn(x, y, seed, s.epochs)
+    network = build(x, y, seed, s)
+    net, layer = network.model, network.layer
     trained = time.perf_counter()
-    memory = train_memory(net, LAYER, TensorDataset(x, y), y.shape[1], epochs=s.memory_epochs,
-                          seed=seed, progress=False)
-    quality = heads_quality(net, memory, test)
+
+    def memory_on_features(**options: Any) -> BiasReducingMemory:
+        return train_memory(lambda cached: cached, layer, TensorDataset(network.features, y),
+                            y.shape[1], epochs=s.memory_epochs, seed=seed, progress=False,
+                            **options)
+
+    memory = memory_on_features()
+    quality = heads_quality(network, memory, test)
     quality.update(cnn_training_s=trained - start, memory_training_s=time.perf_counter() - trained)
-    ideal = ideal_memory(layer_features(net, LAYER, x), y)
-    before = train_memory(net, LAYER, TensorDataset(x, y), y.shape[1], epochs=s.memory_epochs,
-                          seed=seed, progress=False, init="random", addr_temperature=1.0)
+    ideal = ideal_memory(network.features, y)
+    before = memory_on_features(init="random", addr_temperature=1.0)
     options = method_options(memory, ideal, before)
     print(f"{kind} seed {seed}: CNN and memories trained", flush=True)
-    results = evaluate(net, test, METHODS, BIAS_METRICS, LAYER, targets="label", seed=seed,
+    results = evaluate(net, test, METHODS, BIAS_METRICS, layer, targets="label", seed=seed,
                        method_options=options,
                        metric_options={"energy-leak": {"partners": PARTNERS}}, progress=False)
     xt, yt = stacked(test)
     extra = {"bias": bias_check(net, xt, yt, PARTNERS),
-             "correlation": map_correlation(net, test, LAYER, METHODS, options, (0, 1), seed),
+             "correlation": map_correlation(net, test, layer, METHODS, options, (0, 1), seed),
              "diagnostics": memory.metrics["diagnostics"], "collapse": memory.metrics["collapse"],
              "seed_memory": {"diagnostics": before.metrics["diagnostics"],
                              "collapse": before.metrics["collapse"]}}
     return results, quality | extra
 
 
-def heads_quality(net: SmallCNN, memory: nn.Module, test: Dataset) -> dict[str, float]:
-    """Test mAP of the CNN and of the memory's classifier, and the rare classes' AP."""
+def heads_quality(network: Network, memory: nn.Module, test: Dataset) -> dict[str, float]:
+    """Test mAP of the network and of the memory's classifier, and the rare classes' AP."""
     x, y = stacked(test)
     with torch.no_grad():
-        cnn, head = net(x), memory(layer_features(net, LAYER, x))
+        cnn = torch.cat([network.model(rows) for rows in x.split(FEATURE_BATCH)])
+        head = memory(batched_features(network.model, network.layer, x))
     rare = list(RARE)
     return {"cnn_map": mean_average_precision(cnn, y),
             "memory_map": mean_average_precision(head, y),
@@ -296,9 +377,9 @@ def quality_line(qualities: Sequence[dict[str, float]]) -> str:
             f"Training: CNN {mean('cnn_training_s')} s, memory {mean('memory_training_s')} s.")
 
 
-def markdown(bias: dict[str, dict[str, Any]], s: Settings,
+def markdown(title: str, bias: dict[str, dict[str, Any]], s: Settings,
              command: str, wall: float, loads: tuple[float, float]) -> str:
-    lines = ["## The bias benchmark (M-CAM against the classic methods)", "",
+    lines = [f"## {title}", "",
              f"Command: `{command}`; whole run {wall / 60:.1f} min on {host()}; load "
              f"average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end (other processes "
              "on the cores would inflate the times, which compare only within a table). "
@@ -345,8 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
     parser.add_argument("--train", type=int, default=None, help="training images per seed")
     parser.add_argument("--test", type=int, default=None, help="test images per seed")
-    parser.add_argument("--parts", nargs="+", default=[*SPLITS, "pretrained"],
-                        choices=[*SPLITS, "pretrained"], help="which parts to run")
+    parser.add_argument("--parts", nargs="+", default=[*PARTS, "pretrained"],
+                        choices=[*PARTS, "pretrained"], help="which parts to run")
     parser.add_argument("--out", default="runs/bench_bias", help="output folder")
     parser.add_argument("--docs", default=None, help="update this markdown file's section")
     args = parser.parse_args(argv)
@@ -358,13 +439,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     register_controls()
     out, start, load = Path(args.out), time.perf_counter(), os.getloadavg()[0]
-    bias = {kind: bias_part(kind, settings, out) for kind in SPLITS if kind in args.parts}
+    bias = {kind: bias_part(kind, settings, out) for kind in PARTS if kind in args.parts}
     pretrained = pretrained_part(settings, out) if "pretrained" in args.parts else {}
     command = "python benchmarks/bench_bias.py" + "".join(f" {shlex.quote(a)}"
                                                          for a in sys.argv[1:])
-    section = markdown(bias, settings, command, time.perf_counter() - start,
-                       (load, os.getloadavg()[0]))
-    sections = {"bias": section} if bias else {}
+    wall, loads = time.perf_counter() - start, (load, os.getloadavg()[0])
+    sections = {}
+    for name in dict.fromkeys(SECTIONS.get(kind, "bias") for kind in bias):
+        parts = {k: v for k, v in bias.items() if SECTIONS.get(k, "bias") == name}
+        sections[name] = markdown(TITLES[name], parts, settings, command, wall, loads)
     if pretrained:
         sections["bias-pretrained"] = pretrained_markdown(pretrained, command)
     for name, text in sections.items():
