@@ -94,6 +94,7 @@ class Settings:
     """Sizes of the run (``QUICK`` for a smoke test)."""
 
     seeds: int = 5
+    first_seed: int = 0  # the reported runs use seeds 0-4; held-out selection runs use 100+
     cooccur: float = 0.98
     train: int = 2400
     test: int = 192
@@ -267,7 +268,7 @@ def bias_run(kind: str, seed: int, s: Settings) -> tuple[EvaluationResults, dict
              "correlation": map_correlation(net, test, layer, METHODS, options, (0, 1), seed),
              "diagnostics": memory.metrics["diagnostics"], "collapse": memory.metrics["collapse"],
              "seed_memory": {"diagnostics": before.metrics["diagnostics"],
-                             "collapse": before.metrics["collapse"]}}
+                             "collapse": before.metrics["collapse"]}, "seed": seed}
     return results, quality | extra
 
 
@@ -286,7 +287,8 @@ def heads_quality(network: Network, memory: nn.Module, test: Dataset) -> dict[st
 def bias_part(kind: str, s: Settings, out: Path) -> dict[str, Any]:
     """Every seed of one data set, combined so that each cell's spread is across seeds."""
     runs, qualities = [], []
-    for seed in range(s.seeds):
+    seeds = range(s.first_seed, s.first_seed + s.seeds)
+    for seed in seeds:
         results, quality = bias_run(kind, seed, s)
         results.save(out / kind / f"seed-{seed}")
         runs.append(results)
@@ -294,8 +296,9 @@ def bias_part(kind: str, s: Settings, out: Path) -> dict[str, Any]:
         scalars = {k: round(v, 3) for k, v in quality.items() if isinstance(v, float)}
         print(f"{kind} seed {seed}: {scalars}; bias {quality['bias']}", flush=True)
         print("\n".join(summary_lines(quality["diagnostics"])), flush=True)
-    combined = EvaluationResults.combine(runs, [f"seed {i}" for i in range(s.seeds)])
+    combined = EvaluationResults.combine(runs, [f"seed {i}" for i in seeds])
     combined.save(out / kind)
+    (out / kind / "quality.json").write_text(json.dumps(qualities, indent=1))
     return {"results": combined, "quality": qualities, "constant": constant_share(runs),
             "runs": runs}
 
@@ -422,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per data set")
+    parser.add_argument("--first-seed", type=int, default=None,
+                        help="the first seed (default 0; 100 and up for held-out selection runs)")
     parser.add_argument("--cooccur", type=float, default=None, help="P(partner | class)")
     parser.add_argument("--threads", type=int, default=THREADS, help="torch threads")
     parser.add_argument("--train", type=int, default=None, help="training images per seed")
@@ -434,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = QUICK if args.quick else Settings()
     if args.seeds:
         settings = replace(settings, seeds=args.seeds)
-    sizes = {"cooccur": args.cooccur, "train": args.train, "test": args.test}
+    sizes = {"cooccur": args.cooccur, "train": args.train, "test": args.test,
+             "first_seed": args.first_seed}
     settings = replace(settings, **{k: v for k, v in sizes.items() if v is not None})
     torch.set_num_threads(args.threads)
     register_controls()

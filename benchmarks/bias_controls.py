@@ -9,9 +9,9 @@ metrics as every other method:
 - ``mcam-ideal`` / ``mcam-ideal-s30``: M-CAM with an ideal memory (S = the class templates of
   `camkit.memory.init.class_templates`, one slot per class, the target's own slot forced),
   seed weights ``exp(τ)`` / sharpened ``exp(30 τ)``;
-- ``mcam-s30``, ``mcam-s100``, ``mcam-slot``, ``mcam-classifier``: the trained
-  memory with the `mcam` options of :data:`VARIANTS` (``mcam`` and ``mcam-gradcam`` are the
-  library's own).
+- ``mcam-s30``, ``mcam-s100``, ``mcam-slot``, ``mcam-classifier``, ``mcam-value``,
+  ``mcam-value-s0``, ``mcam-address``: the trained memory with the `mcam` options of
+  :data:`VARIANTS` (``mcam`` and ``mcam-gradcam`` are the library's own).
 
 Also the bias check (the CNN's score for a class on images showing only its partner against
 images showing neither), the correlation of two classes' maps on the same image, and the goal
@@ -41,6 +41,8 @@ from camkit.metrics.stats import summarize
 VARIANTS: dict[str, dict[str, Any]] = {
     "mcam-s30": {"sharpness": 30.0}, "mcam-s100": {"sharpness": 100.0},
     "mcam-slot": {"base": "slot"}, "mcam-classifier": {"base": "classifier"},
+    "mcam-value": {"base": "value"}, "mcam-value-s0": {"base": "value", "sharpness": 0.0},
+    "mcam-address": {"base": "address"},
 }
 MCAM_CONFIGS = ("mcam", *VARIANTS, "mcam-gradcam")  # mcam and mcam-gradcam: the library's
 IDEAL = {"mcam-ideal": 1.0, "mcam-ideal-s30": 30.0}
@@ -180,9 +182,9 @@ def diagnostics_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The training diagnostics of the memory and of the seed-style memory, one line per seed
     and memory."""
     lines = []
-    for seed, run in enumerate(runs):
+    for run in runs:
         for name, part in (("memory", run), ("seed-style memory", run["seed_memory"])):
-            lines.append(f"- seed {seed}, {name}: " + _diagnostics(part))
+            lines.append(f"- seed {run['seed']}, {name}: " + _diagnostics(part))
     return lines
 
 
@@ -192,7 +194,8 @@ def _diagnostics(part: Mapping[str, Any]) -> str:
     collapse = "; collapsed: " + "; ".join(part["collapse"]) if part["collapse"] else ""
     return (f"S vs start cosine {record['spatial_start_cosine']:.3f}; entropy "
             f"p / p' / p_s {record['entropy_key']:.2f} / {record['entropy_value']:.2f} / "
-            f"{record['entropy_spatial']:.2f} of ln N = {record['max_entropy']:.2f}; slot found "
+            f"{record['entropy_spatial']:.2f} of ln N = {record['max_entropy']:.2f}; images per "
+            f"slot under p_s {record['slot_usage_spatial']}; slot found "
             f"per class {record['search_slot']} ({record['distinct_search_slots']} distinct); "
             f"mean p_s–p' agreement {sum(agreement) / max(1, len(agreement)):.2f}{collapse}")
 

@@ -131,7 +131,7 @@ def channel_weights(tau: Tensor, sharpness: float = 1.0, base: Tensor | None = N
     return weights if base is None else base * weights
 
 
-BASES = ("none", "slot", "classifier", "gradcam")
+BASES = ("none", "slot", "classifier", "value", "address", "gradcam")
 
 
 def slot_profile(slot_maps: Tensor) -> Tensor:
@@ -146,6 +146,53 @@ def classifier_weights(memory: BiasReducingMemory, target_indices: Tensor) -> Te
     ``fc(cat(v, q))`` for class ``ĉ`` (a CAM weight of the memory head; the ``"classifier"``
     base). ``(B, K)`` → ``(B, K, c)``."""
     return memory.fc.weight[target_indices, memory.channels:]
+
+
+def key_gradient(memory: BiasReducingMemory, queries: Tensor, coefficients: Tensor) -> Tensor:
+    """``Σ_n c_n ∂ℓ_n/∂q``, a combination of the gradients of the key logits
+    ``ℓ_n = cos(q, K_n) / T`` (§1.2) with respect to the query::
+
+        ∂ℓ_n/∂q = (K_n / D_n − (q·K_n) ‖K_n‖ q / (‖q‖ D_n²)) / T,   D_n = ‖q‖ ‖K_n‖ + ε.
+
+    ``queries`` ``(B, c)``, ``coefficients`` ``(B, K, N)`` → ``(B, K, c)``."""
+    keys, temperature = memory.keys, memory.addr_temperature
+    q_norm = queries.norm(dim=1, keepdim=True)  # (B, 1)
+    k_norm = keys.norm(dim=1)  # (N,)
+    denominator = q_norm * k_norm + COS_EPS  # D, (B, N)
+    dots = queries @ keys.T  # (B, N)
+    along_key = 1 / (temperature * denominator)
+    along_query = dots * k_norm / (temperature * q_norm.clamp_min(COS_EPS) * denominator ** 2)
+    return ((coefficients * along_key[:, None, :]) @ keys
+            - (coefficients * along_query[:, None, :]).sum(dim=2, keepdim=True)
+            * queries[:, None, :])
+
+
+def value_gradient(memory: BiasReducingMemory, queries: Tensor, target_indices: Tensor
+                   ) -> Tensor:
+    """``α = ∂(W_v[ĉ]·v)/∂q``: the gradient, with respect to the query, of the value half of
+    the memory classifier ``z_ĉ = W_v[ĉ]·v + W_q[ĉ]·q + b`` with ``v = p V`` and
+    ``p = softmax(ℓ)`` (§1.1-§1.2; the ``"value"`` base).
+
+    With ``u_n = W_v[ĉ]·V_n`` (what slot ``n`` adds to class ĉ) and ``ū = Σ_n p_n u_n``,
+    ``α = Σ_n p_n (u_n − ū) ∂ℓ_n/∂q`` (:func:`key_gradient`): towards the keys of the slots
+    that favour ĉ more than the slots the image reads now, away from those that favour it
+    less, a contrast between slots. As ``q`` is the spatial mean of ``f``, ``Σ_i α_i f_i`` is
+    ``h·w`` times Grad-CAM's map of the score ``W_v[ĉ]·v``, in closed form from the memory,
+    without a backward pass through the network (camkit's variant, issue 14).
+    ``(B, c)``, ``(B, K)`` → ``(B, K, c)``."""
+    p = memory.key_address_logits(queries).softmax(dim=1)[:, None, :]  # (B, 1, N)
+    u = memory.fc.weight[target_indices, : memory.channels] @ memory.values.T  # (B, K, N)
+    return key_gradient(memory, queries, p * (u - (p * u).sum(dim=2, keepdim=True)))
+
+
+def address_gradient(memory: BiasReducingMemory, queries: Tensor, slots: Tensor) -> Tensor:
+    """``α = ∂ log p_{n_ĉ}/∂q = Σ_n (δ_{n n_ĉ} − p_n) ∂ℓ_n/∂q`` (:func:`key_gradient`): how
+    the query must change for the key address to read the found slot ``n_ĉ`` rather than the
+    slots it reads now (the ``"address"`` base; camkit's variant, issue 14). ``(B, c)``,
+    ``(B, K)`` slot indices → ``(B, K, c)``."""
+    p = memory.key_address_logits(queries).softmax(dim=1)  # (B, N)
+    found = torch.nn.functional.one_hot(slots, memory.num_slots).to(p)  # (B, K, N)
+    return key_gradient(memory, queries, found - p[:, None, :])
 
 
 def mcam_map(weights: Tensor, features: Tensor) -> Tensor:
@@ -191,7 +238,8 @@ def mcam_raw_maps(
             global RNG.
         sharpness: ``s`` of :func:`channel_weights` (1 = the seed's ``exp(τ)``).
         base: ``α`` of :func:`channel_weights`: ``"none"`` (the seed's), ``"slot"``
-            (:func:`slot_profile`), ``"classifier"`` (:func:`classifier_weights`) or
+            (:func:`slot_profile`), ``"classifier"`` (:func:`classifier_weights`),
+            ``"value"`` (:func:`value_gradient`), ``"address"`` (:func:`address_gradient`) or
             ``"gradcam"`` (the target network's Grad-CAM weights, given as
             ``gradient_weights`` ``(B, K, c)``).
 
@@ -207,20 +255,22 @@ def mcam_raw_maps(
     noise = draw_slot_noise(memory, generator)
     search = slot_search(memory, queries, target_indices, noise)
     slot_maps = memory.spatial[search.slots]
-    alpha = _base(base, memory, slot_maps, target_indices, gradient_weights)
+    alpha = _base(base, memory, queries, search.slots, target_indices, gradient_weights)
     weights = channel_weights(channel_similarity(activations, slot_maps), sharpness, alpha)
     info = {"slots": search.slots, "found": search.found, "weights": weights,
             "drops": search.drops, "sharpness": sharpness, "base": base}
     return mcam_map(weights, activations), info
 
 
-def _base(base: str, memory: BiasReducingMemory, slot_maps: Tensor, target_indices: Tensor,
-          gradient_weights: Tensor | None) -> Tensor | None:
+def _base(base: str, memory: BiasReducingMemory, queries: Tensor, slots: Tensor,
+          target_indices: Tensor, gradient_weights: Tensor | None) -> Tensor | None:
     """The ``α`` ``(B, K, c)`` that ``base`` names (``None`` for ``"none"``)."""
     if base not in BASES:
         raise ValueError(f"base must be one of {BASES}, got {base!r}")
     if base == "gradcam" and gradient_weights is None:
         raise ValueError("base='gradcam' needs the target network's gradient_weights")
-    return {"none": lambda: None, "slot": lambda: slot_profile(slot_maps),
+    return {"none": lambda: None, "slot": lambda: slot_profile(memory.spatial[slots]),
             "classifier": lambda: classifier_weights(memory, target_indices),
+            "value": lambda: value_gradient(memory, queries, target_indices),
+            "address": lambda: address_gradient(memory, queries, slots),
             "gradcam": lambda: gradient_weights}[base]()

@@ -1,11 +1,11 @@
 """M-CAM (Kim & Ro, BMVC 2021) as a registered method: the maps come from a trained
 :class:`~camkit.memory.BiasReducingMemory` instead of gradients (ALGORITHMS §1.4-§1.6).
 
-Options: ``memory`` (required), ``sharpness`` and ``base`` (``"none"``, ``"slot"`` or
-``"classifier"``; see :func:`camkit.memory.mcam_raw_maps`; the defaults ``1`` and ``"none"``
-are the seed's ``w_i = exp(τ_i)``). ``mcam-gradcam`` is M-CAM with OP-4's Grad-CAM base
-``α_i · exp(s · τ_i)``, a method of its own because it needs the engine's backward pass, which
-plain ``mcam`` never pays for.
+Options: ``memory`` (required), ``sharpness`` and ``base`` (``"none"``, ``"slot"``,
+``"classifier"``, ``"value"`` or ``"address"``; see :func:`camkit.memory.mcam_raw_maps`; the
+defaults ``1`` and ``"none"`` are the seed's ``w_i = exp(τ_i)``). ``mcam-gradcam`` is M-CAM
+with OP-4's Grad-CAM base ``α_i · exp(s · τ_i)``, a method of its own because it needs the
+engine's backward pass, which plain ``mcam`` never pays for.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from torch import Tensor
 from ..capture import LayerPass
 from ..methods.registry import GRADIENTS, Method, register
 from .explain import (
+    address_gradient,
     channel_similarity,
     channel_weights,
     classifier_weights,
+    key_gradient,
     mcam_map,
     mcam_raw_maps,
     slot_profile,
     slot_search,
+    value_gradient,
 )
 from .module import BiasReducingMemory
 
@@ -89,7 +92,7 @@ register(Method(
     "Kim & Ro, M-CAM: Visual Explanation of Challenging Conditioned Dataset with "
     "Bias-reducing Memory, BMVC 2021", _compute, options=("memory", "sharpness", "base"),
     maths=(slot_search, channel_similarity, channel_weights, slot_profile, classifier_weights,
-           mcam_map),
+           key_gradient, value_gradient, address_gradient, mcam_map),
     example=""">>> from camkit.memory import BiasReducingMemory
 >>> memory = BiasReducingMemory(8, (32, 32), num_classes=4)  # train it: memory.train_memory
 >>> maps = camkit.MCAM(model, layer="1", memory=memory)(x, targets=3)
