@@ -16,6 +16,7 @@ from camkit import demo
 from camkit.artifacts import write_safetensors
 from camkit.cli import demo as demo_command
 from camkit.data.synthetic import SyntheticMultiLabel
+from camkit.demo.mcam import mcam_configuration
 from camkit.embedding import squared_distances
 from tests.viz.report.test_report import Page, decode
 
@@ -189,3 +190,15 @@ def test_summary_table_has_a_line_per_part_and_a_total(runs) -> None:
     assert lines[0].split() == ["part", "time", "training", "result"]
     assert [line.split()[0] for line in lines[1:]] == ["mcam", "embedding", "total"]
     assert "trained" in lines[1] and "mAP" in lines[1]
+
+
+@pytest.mark.parametrize(("sharpness", "base", "words"), [
+    (1.0, "none", "channel weights exp(τ) (the seed's weights)"),
+    (30.0, "none", "channel weights exp(30 τ)"),
+    (0.0, "value", "channel weights the gradient of the memory classifier's value half"),
+    (1.0, "address", "channel weights the gradient of the found slot's key address × exp(τ)"),
+])
+def test_the_mcam_configuration_is_described_as_run(sharpness: float, base: str,
+                                                     words: str) -> None:
+    settings = demo.McamSettings(sharpness=sharpness, base=base)
+    assert mcam_configuration(settings) == words

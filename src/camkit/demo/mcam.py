@@ -104,11 +104,14 @@ def mcam_part(out: Path, s: McamSettings, progress: bool | None) -> Part:
 
 def mcam_configuration(s: McamSettings) -> str:
     """The M-CAM weights the part uses, in words."""
-    weights = "exp(τ)" if s.sharpness == 1 else f"exp({s.sharpness:g} τ)"
-    base = {"none": "", "slot": " × the slot's channel profile",
-            "classifier": " × the memory classifier's weights"}[s.base]
+    base = {"none": "", "slot": "the slot's channel profile",
+            "classifier": "the memory classifier's weights",
+            "value": "the gradient of the memory classifier's value half",
+            "address": "the gradient of the found slot's key address"}[s.base]
+    weights = "" if s.sharpness == 0 else "exp(τ)" if s.sharpness == 1 else \
+        f"exp({s.sharpness:g} τ)"
     seed = " (the seed's weights)" if s.sharpness == 1 and s.base == "none" else ""
-    return f"channel weights {weights}{base}{seed}"
+    return "channel weights " + " × ".join(w for w in (base, weights) if w) + seed
 
 
 def mcam_metrics(net: nn.Module, memory: BiasReducingMemory, test: SyntheticMultiLabel,

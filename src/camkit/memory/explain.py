@@ -125,8 +125,8 @@ def channel_weights(tau: Tensor, sharpness: float = 1.0, base: Tensor | None = N
 
     ``sharpness`` ``s`` widens the range to ``[e⁻ˢ, eˢ]``, so channels whose spatial pattern
     matches the slot's dominate (``s = 10`` is ``exp(τ / 0.1)``); ``base`` ``α`` of the same
-    shape as ``tau`` makes the weights depend on how much the class uses each channel (see
-    :func:`base_weights`). Same shape as ``tau``."""
+    shape as ``tau`` makes the weights depend on the class through the memory (the ``base``
+    option of :func:`mcam_raw_maps`). Same shape as ``tau``."""
     weights = (sharpness * tau).exp()
     return weights if base is None else base * weights
 
