@@ -4,6 +4,8 @@ the flag on slot searches that lower no score."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import Tensor
@@ -174,3 +176,23 @@ def test_a_search_that_lowers_no_score_is_warned_about_and_counted_in_details() 
                               memory=memory)
     assert expl.details["mcam"]["not_found"] == 2
     assert not expl.details["mcam"]["found"].any()
+
+
+def test_a_map_that_ignores_the_slot_is_flagged_in_details_but_not_warned_about() -> None:
+    """``base="value"`` with ``sharpness=0`` reads neither S nor the found slot: a search that
+    lowers no score is still counted in ``expl.details``, but no map used its slot."""
+    torch.manual_seed(0)
+    net = ShapeNet(classes=5, channels=6).eval()
+    memory = random_memory(6, (4, 5), classes=5)
+    memory.input_size = (32, 40)
+    with torch.no_grad():
+        memory.fc.weight[:, : memory.channels] = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        expl = camkit.explain(net, torch.rand(2, 3, 32, 40), [[0], [1]], ["mcam"], "features",
+                              memory=memory, base="value", sharpness=0.0)
+    assert not [w for w in caught if "no memory slot" in str(w.message)]
+    assert expl.details["mcam"]["not_found"] == 2
+    with pytest.warns(RuntimeWarning, match="no memory slot lowers the class score"):
+        camkit.explain(net, torch.rand(2, 3, 32, 40), [[0], [1]], ["mcam"], "features",
+                       memory=memory, base="value", sharpness=1.0)

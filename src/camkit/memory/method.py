@@ -64,7 +64,8 @@ def _maps(layer_pass: LayerPass, memory: BiasReducingMemory | None, sharpness: f
     ``layer_pass.generator`` (seeded by ``explain(seed=...)``). Slots, ``found`` flags (and
     ``not_found``, their count of False), weights, sharpness and base go to
     ``layer_pass.notes[name]`` (``expl.details``); maps whose slot search lowered no score are
-    flagged there and warned about."""
+    flagged there and, when the map depends on the found slot (every configuration but
+    ``base="value"`` with ``sharpness=0``), warned about."""
     _check_memory(memory, layer_pass)
     assert memory is not None and layer_pass.target_indices is not None
     generator = layer_pass.generator or torch.Generator().manual_seed(0)
@@ -77,7 +78,8 @@ def _maps(layer_pass: LayerPass, memory: BiasReducingMemory | None, sharpness: f
                                gradient_weights=gradients)
     missed = int((~info["found"]).sum())
     info["not_found"] = missed
-    if missed:
+    uses_slot = sharpness != 0 or base != "value"
+    if missed and uses_slot:
         warnings.warn(f"M-CAM: for {missed} of {info['found'].numel()} (image, class) pairs no "
                       "memory slot lowers the class score; those maps use the slot of largest "
                       f"drop anyway (expl.details[{name!r}]['found'] is False for them)",
