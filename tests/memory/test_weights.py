@@ -1,6 +1,6 @@
 """The class-dependent options of the M-CAM map: sharpness on τ, the ``slot``,
-``classifier`` and ``value`` bases, the ``mcam-gradcam`` method (OP-4's Grad-CAM base), and
-the flag on slot searches that lower no score."""
+``classifier``, ``value`` and ``address`` bases, the ``mcam-gradcam`` method (OP-4's Grad-CAM
+base), and the flag on slot searches that lower no score."""
 
 from __future__ import annotations
 
