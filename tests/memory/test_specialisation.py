@@ -74,6 +74,18 @@ def test_the_papers_temperature_is_flagged_as_collapsed() -> None:
     assert memory.metrics["collapse"] and "nearly uniform" in memory.metrics["collapse"][0]
 
 
+def test_one_slot_taking_every_image_is_warned_about() -> None:
+    """Every image has the same features: p_s sends all of them to one slot, and train_memory
+    warns with that slot's share (the entropy of p_s need not be high for this)."""
+    features = torch.rand(1, CHANNELS, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
+    labels = (torch.rand(64, CLASSES, generator=torch.Generator().manual_seed(2)) < 0.4).float()
+    with pytest.warns(RuntimeWarning, match=r"collapsed: .*slot \d+ takes 64 of 64 images"):
+        memory = train_memory(lambda x: x, "toy", TensorDataset(features.expand(64, -1, -1, -1),
+                                                                labels), CLASSES,
+                              epochs=1, batch_size=32, progress=False)
+    assert any("takes 64 of 64" in reason for reason in memory.metrics["collapse"])
+
+
 def test_collapse_reasons_name_a_dominant_slot_and_nothing_for_a_healthy_record() -> None:
     healthy = {"entropy_spatial": 0.5, "max_entropy": math.log(8),
                "slot_usage_spatial": [10, 10, 10, 10, 0, 0, 0, 0]}
