@@ -21,9 +21,13 @@ from camkit.data import quokka  # noqa: E402
 from camkit.explorer.app import build_app, launch  # noqa: E402
 from camkit.explorer.browse import Browser, open_browser  # noqa: E402
 from camkit.explorer.explorer import Explorer  # noqa: E402
-from tests.viz.report.test_browser import browser, console_errors  # noqa: E402, F401
+from tests.viz.report.test_browser import (  # noqa: E402, F401
+    SCREENSHOTS,
+    browser,
+    console_errors,
+)
 
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "serve-screenshot.png"
+SCREENSHOT = SCREENSHOTS / "serve-screenshot.png"
 WAIT_S = 60
 
 
