@@ -127,3 +127,52 @@ def test_the_copy_goes_with_its_model(x):
     del model
     gc.collect()
     assert alive() is None  # the kept copy does not keep its model alive
+
+
+class Recorder(nn.Module):
+    """Doubles its input and records the batch sizes it ran."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+        self.fail = fail
+
+    def forward(self, x):
+        if self.fail:
+            raise RuntimeError("no compiler\nmore lines")
+        self.sizes.append(x.shape[0])
+        return {"out": 2 * x, "fixed": torch.ones(3)}
+
+
+def test_a_fixed_batch_pads_short_batches_to_the_first_size():
+    compiled, reports = Recorder(), []
+    fixed = folding.FixedBatch(compiled, Recorder(), reports.append)
+    x = torch.randn(5, 2)
+    for n in (5, 3, 5, 1):
+        out = fixed(x[:n])
+        assert torch.equal(out["out"], 2 * x[:n]) and torch.equal(out["fixed"], torch.ones(3))
+    assert compiled.sizes == [5, 5, 5, 5]
+    assert len(reports) == 1 and reports[0]["compile"].startswith("compiled")
+
+
+def test_a_fixed_batch_falls_back_when_compiling_fails():
+    fallback, reports = Recorder(), []
+    fixed = folding.FixedBatch(Recorder(fail=True), fallback, reports.append)
+    assert torch.equal(fixed(torch.ones(2, 2))["out"], 2 * torch.ones(2, 2))
+    assert fixed(torch.ones(1, 2))["out"].shape == (1, 2)
+    assert fallback.sizes == [2, 2]
+    assert reports[0]["compile"] == "not compiled (RuntimeError: no compiler)"
+
+
+def test_compiled_perturbation_passes_give_the_same_maps():
+    torch.manual_seed(0)
+    model = ResidualNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    plain = camkit.explain(model, x, [[0], [1]], "occlusion", "body", window=3, batch_size=7)
+    fast = camkit.explain(model, x, [[0], [1]], "occlusion", "body", window=3, batch_size=7,
+                          compile=True)
+    torch.testing.assert_close(fast.raw["occlusion"], plain.raw["occlusion"], rtol=1e-5,
+                               atol=1e-6)
+    assert "compile" in fast.details["occlusion"]
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        camkit.explain(model, x, 0, "occlusion", "body", compile="yes")

@@ -163,7 +163,8 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def input_scorer(layer_pass: LayerPass, score: Scores, precision: str, method: str) -> Scorer:
+def input_scorer(layer_pass: LayerPass, score: Scores, precision: str, method: str,
+                 compile: bool = False) -> Scorer:
     """``f(first_input (n, C, H, W), rows) -> (n, K)``: the float32 scores (``score`` reads
     them from the model's outputs) of modified copies of the first input; the other inputs
     follow their ``rows``.
@@ -171,12 +172,19 @@ def input_scorer(layer_pass: LayerPass, score: Scores, precision: str, method: s
     The passes run the folded channels-last copy of the model when it reproduces the model's
     scores (:mod:`camkit.folding`; ``layer_pass.notes[method]["model"]`` says which model ran),
     take the inputs in channels-last layout, and run under bf16 autocast for
-    ``precision="bf16"``."""
+    ``precision="bf16"``. With ``compile=True`` that model runs compiled by ``torch.compile``
+    (:func:`camkit.capture.folding.compiled_model`; the notes say whether it compiled and how
+    long the first batch took, compilation included)."""
     check_precision(precision)
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {compile!r}")
     inputs = layer_pass.inputs
     model, note = folding.evaluation_model(layer_pass.model, inputs, layer_pass.scores,
                                            layer_pass.output_scorer)
-    layer_pass.notes.setdefault(method, {})["model"] = note
+    notes = layer_pass.notes.setdefault(method, {})
+    notes["model"] = note
+    if compile:
+        model = folding.compiled_model(layer_pass.model, model, notes.update)
     rescore = rescorer_for_inputs(model, ScoreFn(None, score), len(inputs))
     device = inputs[0].device
     bf16 = precision == "bf16"

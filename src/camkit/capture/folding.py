@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, fx, nn
@@ -110,6 +111,7 @@ class _Kept:
     model: nn.Module | None = None
     kept: frozenset[str] = field(default_factory=frozenset)
     problem: str = ""
+    compiled: nn.Module | None = None
 
 
 _kept: weakref.WeakKeyDictionary[nn.Module, _Kept] = weakref.WeakKeyDictionary()
@@ -207,3 +209,66 @@ def evaluation_model(model: nn.Module, inputs: tuple[Tensor, ...], scores: Tenso
     if entry is not None and entry.model is None:
         entry.model = folded
     return folded, "a folded channels-last copy"
+
+
+class FixedBatch(nn.Module):
+    """A module compiled for static shapes, run on inputs padded (by repeating their last row)
+    to the batch size of the first call, its outputs cut back, so that a short last batch
+    never recompiles it. When compiling fails on the first call (no C++ compiler, an
+    unsupported operation), ``fallback`` runs instead. ``report`` hears what happened on the
+    first call: ``{"compile": note, "first_batch_seconds": s}`` (compilation included)."""
+
+    def __init__(self, compiled: nn.Module, fallback: nn.Module,
+                 report: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self.compiled, self.fallback, self.report = compiled, fallback, report
+        self.size: int | None = None
+
+    def forward(self, *inputs: Tensor) -> Any:
+        n = inputs[0].shape[0]
+        if self.size is None:
+            return self._first(inputs)
+        if n >= self.size:
+            return self.compiled(*inputs)
+        padded = [torch.cat([t, t[-1:].expand(self.size - n, *t.shape[1:])]) for t in inputs]
+        return _first_rows(self.compiled(*padded), n, self.size)
+
+    def _first(self, inputs: tuple[Tensor, ...]) -> Any:
+        self.size, began = inputs[0].shape[0], time.perf_counter()
+        note = "compiled (torch.compile, inductor, frozen weights)"
+        try:
+            outputs = self.compiled(*inputs)
+        except Exception as error:  # noqa: BLE001 - compiling failed: run the module itself
+            self.compiled = self.fallback
+            note = f"not compiled ({type(error).__name__}: {str(error).splitlines()[0]})"
+            outputs = self.fallback(*inputs)
+        self.report({"compile": note, "first_batch_seconds": time.perf_counter() - began})
+        return outputs
+
+
+def _first_rows(outputs: Any, n: int, size: int) -> Any:
+    """The first ``n`` rows of every batch-sized tensor of an output."""
+    if isinstance(outputs, Tensor):
+        return outputs[:n] if outputs.dim() and outputs.shape[0] == size else outputs
+    if isinstance(outputs, dict):
+        return type(outputs)({k: _first_rows(v, n, size) for k, v in outputs.items()})
+    if isinstance(outputs, (tuple, list)) and not hasattr(outputs, "_fields"):
+        return type(outputs)(_first_rows(v, n, size) for v in outputs)
+    return outputs
+
+
+def compiled_model(model: nn.Module, folded: nn.Module,
+                   report: Callable[[dict[str, Any]], None]) -> FixedBatch:
+    """``folded`` (the kept copy of ``model``, or ``model``) compiled by ``torch.compile`` with
+    inductor's weight freezing, for no-grad evaluations of one batch size
+    (:class:`FixedBatch`). The compiled module is kept with the copy, so that a model compiles
+    once per state of its weights (and batch size)."""
+    entry = None if model.training else _entry(model)
+    if entry is not None and entry.model is folded and entry.compiled is not None:
+        compiled = entry.compiled
+    else:
+        compiled = cast(nn.Module, torch.compile(folded, dynamic=False,
+                                                 options={"freezing": True}))
+        if entry is not None and entry.model is folded:
+            entry.compiled = compiled
+    return FixedBatch(compiled, folded, report)
