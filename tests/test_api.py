@@ -219,6 +219,7 @@ def test_constant_maps_are_zeros_and_reported(images):
     (dict(targets=[[0, 1, 9]] * 3), "out of range"),
     (dict(targets=0.5), "class indices"),
     (dict(layer="featurs"), "Closest names: features"),
+    (dict(layer="nope"), "Its top-level modules: features, pool, fc"),
     (dict(layer="fc"), "not spatial"),
     (dict(methods="gradcamm"), "Did you mean 'gradcam'"),
     (dict(methods="gradcam", batch_size=3), "unknown option"),
