@@ -35,10 +35,12 @@ DESCRIPTIONS = {
     FLOOR: (
         "The floor is one plain forward pass of the same model with autograd on (parameters "
         "requiring grad, as a user runs it). camkit runs one forward pass in which the graph "
-        "starts at the target layer (parameters are frozen for the call), one batched backward "
-        "to that layer for all K targets, then the maps and their post-processing (ReLU, "
-        "bilinear upsampling to 224×224, min-max). Ratios are medians of per-round ratios, "
-        "timed round-robin with the floor."
+        "starts at the target layer (parameters are frozen for the call), through the model's "
+        "folded channels-last copy (made on the warm-up call, `fast=True`, the default), one "
+        "batched backward to that layer for all K targets, then the maps and their "
+        "post-processing (ReLU, bilinear upsampling to 224×224, min-max). The `fast=False` row "
+        "runs the model itself. Ratios are medians of per-round ratios, timed round-robin with "
+        "the floor."
     ),
     PEERS: (
         "One Grad-CAM per image for its top-1 class, each library called as its documentation "
@@ -208,6 +210,8 @@ def speed(case: Case, batch: int) -> list[Row]:
     calls: dict[str, Callable[[], object]] = {
         "floor": lambda: model(x),
         "no-grad": no_grad_forward,
+        "camkit fast=False": lambda: camkit.explain(model, x, top1, "gradcam", case.layer,
+                                                    fast=False),
         "six": lambda: camkit.explain(model, x, top10, SIX, case.layer),
         "six+eigengrad": lambda: camkit.explain(model, x, top10, SIX_WITH_EIGENGRAD, case.layer),
         **single_gradcam_calls(case, x, top1),
@@ -225,6 +229,8 @@ def speed(case: Case, batch: int) -> list[Row]:
             f"{ratio['no-grad']:.3f} × floor"),
         row(FLOOR, f"{tag}: gradcam / floor", ratio["camkit"], "×",
             f"{ms['camkit']:.1f} ms", "<= 0.9"),
+        row(FLOOR, f"{tag}: gradcam fast=False / floor", ratio["camkit fast=False"], "×",
+            f"{ms['camkit fast=False']:.1f} ms; the model itself runs the forward pass"),
         row(FLOOR, f"{tag}: 6 methods × 10 classes / floor", ratio["six"], "×",
             f"{ms['six']:.1f} ms; {', '.join(SIX)}", "<= 1.3"),
         row(FLOOR, f"{tag}: 6 methods incl. eigengradcam × 10 classes / floor",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import types
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -13,7 +12,6 @@ from torch import nn
 
 import camkit
 from camkit import capture
-from camkit.postprocess import minmax, postprocess
 from camkit.targets import Similarity, Target, TopK
 from tests.models import TinyCNN
 
@@ -212,35 +210,6 @@ def test_constant_maps_are_zeros_and_reported(images):
 
 
 
-@pytest.mark.parametrize("size", [(4, 5), (16, 12)])
-def test_postprocess_matches_its_formula_and_leaves_the_raw_maps_alone(size):
-    torch.manual_seed(0)
-    raw = torch.randn(2, 3, 4, 5)
-    before = raw.clone()
-    maps, constant = postprocess(raw, size)
-    up = torch.nn.functional.interpolate(before.clamp(min=0), size=size, mode="bilinear",
-                                         align_corners=False)
-    for b, k in np.ndindex(2, 3):
-        m = up[b, k]
-        assert torch.allclose(maps[b, k], (m - m.min()) / (m.max() - m.min() + 1e-7), atol=1e-6)
-    assert torch.equal(raw, before) and not constant.any()
-    copy_ = up.clone()
-    minmax(up)
-    assert torch.equal(up, copy_)
-
-
-@pytest.mark.parametrize("side", [1, 2])
-def test_a_constant_small_map_is_flagged_before_upsampling_ripples(side):
-    """A 1 × 1 or 2 × 2 layer (a ResNet on 32 × 32 images): the constant raw map must not
-    become a full-scale striped map after bilinear upsampling and min-max."""
-    raw = torch.full((1, 2, side, side), 4.8857)
-    raw[0, 1, 0, 0] *= 1 + 1e-7  # a rounding-size difference is constant too
-    maps, constant = postprocess(raw, (224, 224))
-    assert constant.all() and torch.equal(maps, torch.zeros_like(maps))
-    varying = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
-    maps, constant = postprocess(varying, (224, 224))
-    assert not constant.any() and float(maps.max()) == pytest.approx(1.0, abs=1e-6)
-
 # --- clear errors ---------------------------------------------------------------------------
 
 
@@ -250,6 +219,7 @@ def test_a_constant_small_map_is_flagged_before_upsampling_ripples(side):
     (dict(targets=[[0, 1, 9]] * 3), "out of range"),
     (dict(targets=0.5), "class indices"),
     (dict(layer="featurs"), "Closest names: features"),
+    (dict(layer="nope"), "Its top-level modules: features, pool, fc"),
     (dict(layer="fc"), "not spatial"),
     (dict(methods="gradcamm"), "Did you mean 'gradcam'"),
     (dict(methods="gradcam", batch_size=3), "unknown option"),

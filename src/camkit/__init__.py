@@ -4,10 +4,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import embedding, memory, methods, metrics, targets
-from .api import CAMMethod, Explanation, available_methods, explain, method_class
+from .api import available_methods, explain
+from .classes import CAMMethod, method_class
 from .detection import BoxScoreTarget
 from .dff import Concepts, factorize
 from .evaluate import EvaluationResults, available_metrics, evaluate
+from .explanation import Explanation
 from .segmentation import SemanticSegmentationTarget
 from .targets import (
     BinaryClassifierOutputTarget,

@@ -1,86 +1,26 @@
-"""``camkit.explain``, the :class:`Explanation` it returns, and the one-method classes."""
+"""``camkit.explain``: one forward (and at most one backward) pass, every requested method,
+the post-processed maps as an :class:`~camkit.explanation.Explanation`."""
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, cast
+from collections.abc import Sequence
+from typing import Any, cast
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from . import capture
 from .capture import LayerPass
 from .capture.layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
+from .explanation import Explanation
 from .fusion import check_fusion, fuse
 from .methods import registry
 from .methods.eigen import check_channel_terms, eigen_smoothed
 from .methods.registry import ATTENTION, GRADIENTS, INPUT_GRADIENTS, Method
 from .postprocess import minmax, postprocess
 from .targets import ScoreFn, TargetSpec, resolve
-
-
-class Explanation(Mapping[str, Tensor]):
-    """The maps of one ``camkit.explain`` call.
-
-    ``expl[name]`` is ``(B, K, H, W)`` float32 in [0, 1] on the input's device;
-    ``expl.raw[name]`` the map before ReLU, upsampling and normalisation;
-    ``expl.constant[name]`` a ``(B, K)`` bool tensor of maps that were constant (returned as
-    zeros); ``expl.targets`` the ``(B, K)`` class indices (``None`` for custom scores);
-    ``expl.scores`` the ``(B, K)`` target scores; ``expl.outputs`` the model output;
-    ``expl.layer`` the target layer's name; ``expl.details`` what methods reported.
-
-    With several layers (``layer=[...]``), ``expl[name]`` is the fused map, ``expl.raw[name]``
-    the fusion before its min-max, ``expl.layer`` the names joined by ``+``, and
-    ``expl.per_layer[layer_name]`` each layer's own :class:`Explanation`.
-
-    Plain data: :func:`camkit.explanation_to_html` writes its HTML report and
-    :func:`camkit.save_explanation` the report, PNG figures and maps.
-    """
-
-    def __init__(self, maps: dict[str, Tensor], raw: dict[str, Tensor],
-                 constant: dict[str, Tensor], targets: Tensor | None, scores: Tensor,
-                 outputs: Any, layer: str, details: dict[str, Any],
-                 per_layer: dict[str, Explanation] | None = None) -> None:
-        self.maps, self.raw, self.constant = maps, raw, constant
-        self.targets, self.scores, self.outputs = targets, scores, outputs
-        self.layer, self.details = layer, details
-        self.per_layer = per_layer or {}
-
-    @property
-    def layers(self) -> tuple[str, ...]:
-        """The names of the explained layers (one, or each fused layer)."""
-        return tuple(self.per_layer) or (self.layer,)
-
-    def __getitem__(self, method: str) -> Tensor:
-        if method not in self.maps:
-            raise KeyError(f"{method!r} was not computed; this explanation has {list(self.maps)}")
-        return self.maps[method]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.maps)
-
-    def __len__(self) -> int:
-        return len(self.maps)
-
-    @property
-    def classes(self) -> Tensor:
-        """:attr:`targets` where they must be class indices: ``(B, K)``, or a ``ValueError``
-        for an explanation of custom score targets."""
-        if self.targets is None:
-            raise ValueError("these maps explain custom score targets, not classes")
-        return self.targets
-
-    def numpy(self, method: str) -> np.ndarray:
-        """``expl[method]`` as a float32 numpy array on the CPU."""
-        return self[method].detach().cpu().numpy()
-
-    def __repr__(self) -> str:
-        shape = tuple(next(iter(self.maps.values())).shape) if self.maps else ()
-        return f"Explanation(methods={list(self.maps)}, shape={shape}, layer={self.layer!r})"
 
 
 def as_inputs(x: Tensor | Sequence[Tensor]) -> tuple[Tensor, ...]:
@@ -193,6 +133,7 @@ def explain(
     aug_smooth: bool = False,
     fusion: str = "mean",
     eigen_smooth: bool = False,
+    fast: bool = True,
     **options: Any,
 ) -> Explanation:
     """Explain ``model``'s output on ``x`` with one or more methods, from one forward pass.
@@ -215,6 +156,13 @@ def explain(
         eigen_smooth: each map is the first principal component of its per-channel terms
             (``α_k A^k``, or ``g·A`` per channel, ...) instead of their sum, for methods whose
             map is a sum over the layer's channels (:attr:`Method.channel_terms`).
+        fast: run the forward pass through a copy of the model kept for its present weights,
+            with batch norm folded into the convolutions and channels-last weights
+            (:mod:`camkit.capture.folding`; exact up to float rounding, checked against the
+            model when made; one more copy of the weights in memory), in eval mode when no
+            method needs gradients through the whole network. ``False`` runs the model itself.
+            Changed weights are noticed, except a change through ``tensor.data``: then call
+            ``camkit.capture.forget(model)``.
         **options: method options (each method receives those it declares).
 
     Example: two methods, two target classes per image, one forward and one backward pass.
@@ -231,7 +179,7 @@ def explain(
     if aug_smooth:
         return _augmentation_smoothed(model, x, targets, methods, layer, reshape=reshape,
                                       eval_mode=eval_mode, seed=seed, fusion=fusion,
-                                      eigen_smooth=eigen_smooth, **options)
+                                      eigen_smooth=eigen_smooth, fast=fast, **options)
     names = [methods] if isinstance(methods, str) else list(methods)
     chosen = [registry.get_method(n) for n in dict.fromkeys(names)]
     if eigen_smooth:
@@ -246,9 +194,12 @@ def explain(
     recording = (capture.recording_attention(model) if ATTENTION in needs
                  else contextlib.nullcontext(None))
     with capture.borrowed(model, eval_mode), grad_mode:
+        runner, run_layers = (capture.forward_model(model, layers, inputs)
+                              if fast and eval_mode and not needs & {INPUT_GRADIENTS, ATTENTION}
+                              else (model, layers))
         with recording as attention:
             cap = capture.run_forward_layers(
-                model, layers, inputs, layer_grad=GRADIENTS in needs,
+                runner, run_layers, inputs, layer_grad=GRADIENTS in needs,
                 input_grad=INPUT_GRADIENTS in needs, from_input=ATTENTION in needs,
             )
         score_fn = resolve(targets, cap.outputs, inputs[0].shape[0])
@@ -400,65 +351,3 @@ def _warn_constant(method: str, constant: Tensor) -> None:
 def available_methods() -> dict[str, str]:
     """Method names with one-line descriptions."""
     return registry.available_methods()
-
-
-class CAMMethod:
-    """One method bound to a model and a layer: ``maps = Method(model, layer)(x, targets)``."""
-
-    method: ClassVar[str]
-
-    def __init__(self, model: nn.Module, layer: LayerSpec = None, **options: Any) -> None:
-        registry.get_method(self.method)
-        self.model, self.layer, self.options = model, layer, options
-
-    def explain(self, x: Tensor | Sequence[Tensor], targets: TargetSpec = None) -> Explanation:
-        """The full :class:`Explanation` for ``x``."""
-        return explain(self.model, x, targets, (self.method,), self.layer, **self.options)
-
-    def __call__(self, x: Tensor | Sequence[Tensor], targets: TargetSpec = None) -> Tensor:
-        """``(B, K, H, W)`` maps in [0, 1]."""
-        return self.explain(x, targets)[self.method]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(layer={self.layer!r})"
-
-
-def method_class(class_name: str, method: str) -> type[CAMMethod]:
-    """A :class:`CAMMethod` subclass for a registered method name, documented like a
-    function: ``help(camkit.GradCAM)`` shows the maths, the paper, the options and an
-    example."""
-    return type(class_name, (CAMMethod,), {"method": method,
-                                           "__doc__": class_doc(class_name, method)})
-
-
-EXAMPLE = """\
->>> import torch
->>> from torch import nn
->>> model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-...                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
->>> x = torch.rand(2, 3, 32, 32)
-"""
-
-
-def class_doc(class_name: str, method: str) -> str:
-    """The docstring of a method's class: summary, the equations of its pure functions,
-    paper, options with their defaults, and a doctest."""
-    m = registry.get_method(method)
-    maths = "\n\n".join(_indented(inspect.getdoc(f) or f.__name__) for f in m.maths)
-    defaults = {name: p.default for name, p in inspect.signature(m.compute).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    options = ", ".join(f"``{o}={defaults[o]!r}``" if o in defaults else f"``{o}``"
-                        for o in m.options) or "none"
-    example = m.example or (f">>> maps = camkit.{class_name}(model, layer=\"1\")(x, targets=3)\n"
-                            ">>> tuple(maps.shape), bool(maps.min() >= 0), bool(maps.max() <= 1)"
-                            "\n((2, 1, 32, 32), True, True)\n")
-    return (f"{m.summary[0].upper()}{m.summary[1:]} (``{method}``).\n\n"
-            f"``{class_name}(model, layer, **options)(x, targets)`` gives ``(B, K, H, W)`` maps "
-            f"in [0, 1]; ``.explain(x, targets)`` the full :class:`Explanation`. It is "
-            f"``camkit.explain(model, x, targets, [{method!r}], layer, **options)``.\n\n"
-            f"Maths:\n\n{maths}\n\nPaper: {m.paper}.\n\nOptions: {options}.\n\n"
-            f"Example:\n\n{_indented(EXAMPLE + example)}\n")
-
-
-def _indented(text: str) -> str:
-    return "\n".join("    " + line if line else "" for line in text.splitlines())

@@ -22,6 +22,7 @@ from .batches import (
     input_scorer,
     run_items,
 )
+from .folding import forget, forward_model
 from .hooks import (
     Capture,
     LayerNotReachedError,
@@ -43,7 +44,8 @@ from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, t
 __all__ = [
     "BATCH_OPTIONS", "Batching", "BlockAttention", "Capture", "DEFAULT_MAX_BATCH_MEMORY",
     "LayerNotReachedError", "LayerPass", "LayerSpec", "Reshape", "batched_grad", "batched_grads",
-    "borrowed", "choose_layer", "find_layer", "forward_bytes", "input_scorer",
+    "borrowed", "choose_layer", "find_layer", "forget", "forward_bytes", "forward_model",
+    "input_scorer",
     "layer_gradients_for_inputs", "layer_hook", "model_lock", "module_name",
     "module_output_gradients", "recording_attention", "rescorer_for_activations",
     "rescorer_for_inputs", "run_forward", "run_forward_layers", "run_items", "to_spatial",

@@ -44,10 +44,13 @@ def find_layer(model: nn.Module, name: str) -> nn.Module:
     except (AttributeError, IndexError, KeyError, TypeError):
         pass
     close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
-    hint = f" Closest names: {', '.join(close)}." if close else ""
+    children = [n for n, _ in model.named_children()]
+    hint = (f"Closest names: {', '.join(close)}" if close
+            else f"Its top-level modules: {', '.join(children[:12])}"
+                 + (", ..." if len(children) > 12 else ""))
     raise ValueError(
-        f"the model has no layer named {name!r}.{hint} "
-        "List them with [n for n, _ in model.named_modules()]."
+        f"the model has no layer named {name!r}. {hint}. Dotted names reach inside them "
+        "(e.g. 'layer4.1.conv2'; every name: [n for n, _ in model.named_modules()])."
     )
 
 

@@ -76,23 +76,25 @@ def _torch_layer_subclass(m: nn.Module) -> bool:
 
 
 class _Tracer(fx.Tracer):
-    """The default tracer, with the cut module (if any) and subclasses of torch.nn layers that
-    do not contain it kept as single calls."""
+    """The default tracer, with the ``kept`` modules (a cut, target layers) and subclasses of
+    torch.nn layers that contain none of them kept as single calls."""
 
-    def __init__(self, cut: nn.Module | None = None) -> None:
+    def __init__(self, kept: tuple[nn.Module, ...] = ()) -> None:
         super().__init__()
-        self.cut = cut
+        self.kept = {id(m) for m in kept}
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return (m is self.cut or super().is_leaf_module(m, module_qualified_name)
-                or (_torch_layer_subclass(m) and not any(c is self.cut for c in m.modules())))
+        return (id(m) in self.kept or super().is_leaf_module(m, module_qualified_name)
+                or (_torch_layer_subclass(m)
+                    and not any(id(c) in self.kept for c in m.modules())))
 
 
-def traced(model: nn.Module) -> fx.GraphModule:
-    """``model`` traced by torch.fx as a GraphModule that shares its modules, with subclasses of
-    torch.nn layers kept as single calls (tracing runs ``forward`` on proxies: trace a copy of
-    a model whose forward assigns attributes). Raises what torch.fx raises."""
-    return fx.GraphModule(model, _Tracer().trace(model))
+def traced(model: nn.Module, kept: tuple[nn.Module, ...] = ()) -> fx.GraphModule:
+    """``model`` traced by torch.fx as a GraphModule that shares its modules, with the ``kept``
+    modules and subclasses of torch.nn layers kept as single calls (tracing runs ``forward`` on
+    proxies: trace a copy of a model whose forward assigns attributes). Raises what torch.fx
+    raises."""
+    return fx.GraphModule(model, _Tracer(kept).trace(model))
 
 
 def _ancestors(nodes: list[fx.Node], stop: fx.Node | None = None) -> set[fx.Node]:
@@ -173,7 +175,7 @@ def _cut(root: fx.GraphModule, cut: fx.Node) -> Split:
 def _trace(model: nn.Module, layer: nn.Module) -> Split:
     if layer is model:
         raise SplitError("the layer is the whole model")
-    tracer = _Tracer(layer)
+    tracer = _Tracer((layer,))
     # Tracing runs forward() on proxies: undo whatever it assigns to the modules' attributes.
     attributes = [(m, dict(m.__dict__)) for m in model.modules()]
     try:  # the GraphModule copies the constants tracing stored on the model, so build it here

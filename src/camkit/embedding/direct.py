@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import capture
-from ..api import Explanation, as_inputs, explain, resolve_layer
+from ..api import as_inputs, explain, resolve_layer
 from ..capture.layers import LayerSpec, Reshape
+from ..explanation import Explanation
 from ..postprocess import postprocess
 from ..targets import Similarity
 from .weights import VARIANTS, channel_map, dense_weights, embedding_of, triplet_weights

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import api
-from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, Batching
+from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, Batching, BatchSize
 from ..methods import registry
 from ..metrics.robustness import method_explainer
 from ..metrics.scoring import METRIC_BATCH_SIZE, Confidence, confidence_function, metric_batching
@@ -215,7 +215,7 @@ def evaluate(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     batch_size: int = 8,
-    metric_batch_size: int | None = METRIC_BATCH_SIZE,
+    metric_batch_size: BatchSize = METRIC_BATCH_SIZE,
     max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
     seed: int = 0,
     limit: int | None = None,

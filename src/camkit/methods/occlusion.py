@@ -53,7 +53,7 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
 
 def _occlusion(layer_pass: LayerPass, window: int | tuple[int, int] = 32,
                stride: int | tuple[int, int] | None = None, fill: float | Tensor = 0.0,
-               precision: str = "fp32", batch_size: int | None = None,
+               precision: str = "fp32", compile: bool = False, batch_size: int | None = None,
                max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
                progress: bool | None = None) -> Tensor:
     win = _pair(window, "window")
@@ -66,7 +66,7 @@ def _occlusion(layer_pass: LayerPass, window: int | tuple[int, int] = 32,
     cols = window_cover(width, win[1], step[1], device)
     positions = len(rows) * len(cols)
     fill_value = torch.as_tensor(fill, dtype=x.dtype, device=device)
-    score = input_scorer(layer_pass, layer_pass.output_scorer, precision, "occlusion")
+    score = input_scorer(layer_pass, layer_pass.output_scorer, precision, "occlusion", compile)
 
     def evaluate(items: Tensor) -> Tensor:
         image, position = items // positions, items % positions
@@ -89,6 +89,6 @@ register(Method(
     "occlusion", "drop of the score when a sliding window of the input is filled",
     "Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
     _occlusion,
-    options=("window", "stride", "fill", "precision", *BATCH_OPTIONS),
+    options=("window", "stride", "fill", "precision", "compile", *BATCH_OPTIONS),
     maths=(window_cover, occlusion_map),
 ))

@@ -51,8 +51,8 @@ def rise_saliency(scores: Tensor, masks: Tensor, keep: float, n_masks: int) -> T
 
 
 def _rise(layer_pass: LayerPass, num_masks: int = 4000, cells: int = 7, keep: float = 0.5,
-          probability: bool = True, precision: str = "fp32", batch_size: int | None = None,
-          max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+          probability: bool = True, precision: str = "fp32", compile: bool = False,
+          batch_size: int | None = None, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
           progress: bool | None = None) -> Tensor:
     for name, value in (("num_masks", num_masks), ("cells", cells)):
         if not (isinstance(value, int) and value >= 1):
@@ -66,7 +66,7 @@ def _rise(layer_pass: LayerPass, num_masks: int = 4000, cells: int = 7, keep: fl
     shifts = torch.stack([torch.randint(0, math.ceil(n / cells), (num_masks,), generator=gen,
                                         device=device) for n in size], dim=1)
     read = class_probabilities(layer_pass) if probability else layer_pass.output_scorer
-    score = input_scorer(layer_pass, read, precision, "rise")
+    score = input_scorer(layer_pass, read, precision, "rise", compile)
     saliency = x.new_zeros(len(x), layer_pass.scores.shape[1], *size, dtype=torch.float32)
 
     def evaluate(items: Tensor) -> Tensor:
@@ -89,6 +89,6 @@ register(Method(
     "rise", "score-weighted mean of random smooth masks of the input (black box)",
     "Petsiuk et al., RISE: Randomized Input Sampling for Explanation of Black-box Models, "
     "BMVC 2018 (arXiv:1806.07421)", _rise,
-    options=("num_masks", "cells", "keep", "probability", "precision", *BATCH_OPTIONS),
+    options=("num_masks", "cells", "keep", "probability", "precision", "compile", *BATCH_OPTIONS),
     maths=(rise_saliency, rise_masks),
 ))

@@ -42,7 +42,7 @@ from .gradient import weighted_sum
 from .registry import Method, register
 
 WEIGHTS = ("class_prob", "channel_softmax")
-SCORE_OPTIONS = ("weight", "max_channels", "precision", *BATCH_OPTIONS)
+SCORE_OPTIONS = ("weight", "max_channels", "precision", "compile", *BATCH_OPTIONS)
 
 # A mask variant: (masks (n, H, W), sample index (n,)) -> the masks actually applied.
 Variant = Callable[[Tensor, Tensor], Tensor]
@@ -162,7 +162,7 @@ def class_probabilities(layer_pass: LayerPass) -> Callable[[Any, Tensor | None],
 
 def score_family(layer_pass: LayerPass, method: str, variant: Variant | None = None,
                  n_samples: int = 1, *, weight: str = "class_prob",
-                 max_channels: int | None = None, precision: str = "fp32",
+                 max_channels: int | None = None, precision: str = "fp32", compile: bool = False,
                  batch_size: int | None = None, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
                  progress: bool | None = None) -> Tensor:
     """Score-CAM (and its variants) on one layer pass: raw maps ``(B, K, H, W)`` for
@@ -174,7 +174,7 @@ def score_family(layer_pass: LayerPass, method: str, variant: Variant | None = N
     batching = Batching(batch_size, max_batch_memory, progress)
     class_prob = weight == "class_prob"
     read = class_probabilities(layer_pass) if class_prob else layer_pass.output_scorer
-    score = input_scorer(layer_pass, read, precision, method)
+    score = input_scorer(layer_pass, read, precision, method, compile)
     acts = layer_pass.activations
     selected = top_variance_channels(acts, max_channels)
     scores = masked_channel_scores(layer_pass, selected, score, batching, method, variant,

@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor, nn
 from torchvision.transforms.functional import gaussian_blur
 
-from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY
+from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, BatchSize
 from .scoring import METRIC_BATCH_SIZE, Confidence, ConfidenceScorer, check_inputs, make_scorer
 
 MIN_CONFIDENCE = 1e-3  # Average Drop is undefined (NaN) below this base confidence (§4.1.3)
@@ -30,7 +30,7 @@ Baseline = str | float | Tensor
 
 def masked_confidence(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
-    confidence: str | Confidence | None = "softmax", batch_size: int | None = METRIC_BATCH_SIZE,
+    confidence: str | Confidence | None = "softmax", batch_size: BatchSize = METRIC_BATCH_SIZE,
     max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """``O`` ``(B, K)``: the confidence of class ``targets[b, k]`` on ``x[b] ⊙ maps[b, k]``
@@ -50,7 +50,7 @@ def _masked(scorer: ConfidenceScorer, x: Tensor, maps: Tensor, targets: Tensor) 
 
 def base_and_masked(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
-    confidence: str | Confidence | None = "softmax", batch_size: int | None = METRIC_BATCH_SIZE,
+    confidence: str | Confidence | None = "softmax", batch_size: BatchSize = METRIC_BATCH_SIZE,
     max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY, base: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``Y`` and ``O``, both ``(B, K)``: the confidences on ``x`` (``base`` when given) and on
@@ -127,7 +127,7 @@ def baseline_image(x: Tensor, baseline: Baseline) -> Tensor:
 def perturbation_curve(
     model: nn.Module, start: Tensor, end: Tensor, maps: Tensor, targets: Tensor, *,
     steps: int = 16, confidence: str | Confidence | None = "softmax",
-    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+    batch_size: BatchSize = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """``(B, K, steps + 1)`` confidences of ``targets`` while the pixels of ``start`` are
     replaced by those of ``end`` (both ``(B, C, H, W)``), most salient first, ``step_counts``
@@ -162,7 +162,7 @@ def auc(curves: Tensor) -> Tensor:
 def deletion_curve(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 16,
     baseline: Baseline = "zero", confidence: str | Confidence | None = "softmax",
-    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+    batch_size: BatchSize = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """``(B, K, steps + 1)``: confidence as the most salient pixels are set to ``baseline``
     (RISE deletes to zero)."""
@@ -174,7 +174,7 @@ def deletion_curve(
 def insertion_curve(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 16,
     baseline: Baseline = "blur", confidence: str | Confidence | None = "softmax",
-    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+    batch_size: BatchSize = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """``(B, K, steps + 1)``: confidence as the most salient pixels of ``x`` are put onto
     ``baseline`` (RISE starts from a blurred copy)."""

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..api import explain
-from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, forward_bytes, run_items
+from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, BatchSize, forward_bytes, run_items
 from ..capture.layers import LayerSpec
 from .scoring import METRIC_BATCH_SIZE, Confidence, check_inputs, make_scorer, metric_batching
 
@@ -86,7 +86,7 @@ def attribution_dots(noise_sums: Tensor, maps: Tensor) -> Tensor:
 def score_drops(
     model: nn.Module, x: Tensor, noise: Tensor, targets: Tensor, *,
     confidence: str | Confidence | None = "softmax",
-    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+    batch_size: BatchSize = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
     base: Tensor | None = None,
 ) -> Tensor:
     """``f(x) − f(x − I)`` ``(B, n, K)`` for ``noise`` ``I`` ``(B, n, C, H, W)`` and every
@@ -121,7 +121,7 @@ def infidelity(
     model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *,
     noise: Noise = Noise("gaussian", 0.2), n_samples: int = 10, normalize: bool = False,
     keys: Keys = None, confidence: str | Confidence | None = "softmax",
-    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+    batch_size: BatchSize = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
     base: Tensor | None = None,
 ) -> Tensor:
     """Infidelity per sample ``(B, K)``, lower is better: ``n_samples`` draws of ``noise`` per
@@ -147,7 +147,7 @@ def map_distances(reference: Tensor, perturbed: Tensor, relative: bool = True) -
 def max_sensitivity(
     explainer: Explainer, x: Tensor, maps: Tensor, targets: Tensor, *,
     noise: Noise = Noise("uniform", 0.02), n_samples: int = 10, relative: bool = True,
-    keys: Keys = None, batch_size: int | None = METRIC_BATCH_SIZE,
+    keys: Keys = None, batch_size: BatchSize = METRIC_BATCH_SIZE,
     max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> Tensor:
     """max-Sensitivity per sample ``(B, K)`` (Yeh et al. 2019; ALGORITHMS §4.4), lower is
@@ -166,7 +166,8 @@ def max_sensitivity(
         return map_distances(maps[index // n], perturbed, relative)
 
     batching = metric_batching(batch_size, max_batch_memory)
-    size = batching.size_for(forward_bytes((x,)))
+    size = batching.sizes(forward_bytes((x,)),
+                             ("sensitivity", id(explainer), tuple(x.shape[1:]), x.dtype))
     found = run_items(classes.shape[0], distances, size, device=x.device, desc="sensitivity",
                       progress=batching.progress)
     return found.view(x.shape[0], n, -1).amax(dim=1)

@@ -7,8 +7,10 @@ tasks, or any function of the logits the user passes.
 
 The many perturbed inputs a metric scores run through the engine's chunking
 (:mod:`camkit.capture.batches`), with the perturbation methods' knobs: ``batch_size`` images
-per forward pass (default 32), or with ``batch_size=None`` as many as fit in
-``max_batch_memory`` bytes.
+per forward pass, with ``batch_size=None`` as many as fit in ``max_batch_memory`` bytes, or
+(the default, ``"auto"``) the size that scores fastest on this model and machine, found on
+the first batches and remembered. They run through the model's folded channels-last copy
+(:mod:`camkit.capture.folding`) when it reproduces the model.
 """
 
 from __future__ import annotations
@@ -19,13 +21,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, Batching, forward_bytes, run_items
+from ..capture import folding
+from ..capture.batches import (
+    AUTO,
+    DEFAULT_MAX_BATCH_MEMORY,
+    Batching,
+    BatchSize,
+    forward_bytes,
+    run_items,
+)
 from ..capture.hooks import borrowed
 from ..targets import logits_of
 
 Confidence = Callable[[Tensor], Tensor]  # logits (n, n_classes) -> (n, n_classes)
 TASKS = ("single-label", "multi-label")
-METRIC_BATCH_SIZE = 32  # images per forward pass of a metric unless told otherwise
+METRIC_BATCH_SIZE: BatchSize = AUTO  # images per forward pass of a metric: found by timing
 
 
 def softmax_confidence(logits: Tensor) -> Tensor:
@@ -69,7 +79,7 @@ def confidence_function(
     return CONFIDENCES[name]
 
 
-def metric_batching(batch_size: int | None = METRIC_BATCH_SIZE,
+def metric_batching(batch_size: BatchSize = METRIC_BATCH_SIZE,
                     max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY) -> Batching:
     """The engine's batching for the metrics' model evaluations (no progress bar of their
     own: :func:`camkit.evaluate` shows one for the whole run)."""
@@ -95,14 +105,17 @@ class ConfidenceScorer:
         once. ``like`` ``(B, C, H, W)``: images of the size ``make`` builds (for the memory
         estimate)."""
 
-        def score(index: Tensor) -> Tensor:
-            logits = logits_of(self.model(make(index)))
+        def score(model: nn.Module, index: Tensor) -> Tensor:
+            logits = logits_of(model(make(index)))
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
             return self.confidence(logits).gather(1, classes[index].to(logits.device))
 
-        size = self.batching.size_for(forward_bytes((like,)))
+        key = ("metric", id(self.model), tuple(like.shape[1:]), like.dtype, like.device)
+        size = self.batching.sizes(forward_bytes((like,)), key)
         with borrowed(self.model), torch.no_grad():
-            scores = run_items(n, score, size, device=classes.device, desc="metric",
+            model = folding.forward_model(self.model, {}, (like,))[0]
+            scores = run_items(n, lambda index: score(model, index), size,
+                               device=classes.device, desc="metric",
                                progress=self.batching.progress)
         return scores.to(classes.device)
 
@@ -113,7 +126,7 @@ class ConfidenceScorer:
 
 def make_scorer(
     model: nn.Module, confidence: str | Confidence | None = "softmax",
-    batch_size: int | None = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+    batch_size: BatchSize = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
 ) -> ConfidenceScorer:
     """A :class:`ConfidenceScorer` for ``model`` with a confidence resolved by
     :func:`confidence_function` (``None`` = softmax) and :func:`metric_batching`."""

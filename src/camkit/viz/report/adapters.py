@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from camkit.api import Explanation
+from camkit.explanation import Explanation
 from camkit.targets import logits_of
 from camkit.viz.overlay import ImageLike
 from camkit.viz.report.figures import save_grid, save_grids
