@@ -71,7 +71,7 @@ def parameter_groups(model: nn.Module, layers: str | Sequence[str] | None = None
         raise ValueError(f"layers must be None (blocks), 'leaves' or a list of module names, "
                          f"got {layers!r}")
     if layers == "leaves":
-        return [ParameterGroup(n, own_only=True) for n, m in model.named_modules()
+        return [ParameterGroup(n, own_only=_holders(m) > 1) for n, m in model.named_modules()
                 if _owns_parameters(m)]
     if layers is not None:
         groups = [ParameterGroup(name) for name in layers]
