@@ -97,8 +97,15 @@ def test_until_stops_at_a_fraction_of_the_groups(case):
     explainer = model_explainer("gradcam", "features.2")
     half = parameter_randomisation(model, x, targets, explainer, until=0.5,
                                    similarities=("spearman-abs",))
-    assert half.steps == ["original", "fc", "features.2"] and half.groups == 2
+    assert half.steps == ["original", "fc", "features.2"]
     assert list(half.similarity) == ["spearman-abs"] and half.maps is None
+    assert half.groups == 3  # the model's, though only two were randomised
+    assert passes(half)[1] == pytest.approx(float(half.similarity["spearman-abs"][..., 2]
+                                                  .flatten().quantile(0.5)))
+    early = parameter_randomisation(model, x, targets, explainer, until=0.3,
+                                    similarities=("spearman-abs",))
+    with pytest.raises(ValueError, match="curves stop at step 1"):
+        passes(early)
     full = parameter_randomisation(model, x, targets, explainer)
     assert torch.allclose(full.similarity["spearman-abs"][..., :3], half.similarity[
         "spearman-abs"], atol=1e-6)

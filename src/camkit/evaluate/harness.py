@@ -255,7 +255,9 @@ def evaluate(
             (``{"mcam": {"memory": memory}}``).
         metric_options: per metric, keyword options (``{"deletion": {"steps": 32}}``,
             ``{"infidelity": {"sigma": 0.1, "n_samples": 20}}``,
-            ``{"pointing-mask": {"tolerance": 0}}``, ``{"energy-leak": {"partners": {0: 1}}}``).
+            ``{"pointing-mask": {"tolerance": 0}}``, ``{"energy-leak": {"partners": {0: 1}}}``,
+            ``{"road": {"percentages": [20, 50, 80], "noise": 0.01}}``,
+            ``{"randomisation": {"layers": "leaves"}}``).
         batch_size: images per ``camkit.explain`` call.
         metric_batch_size: images per forward pass inside the metrics (``None``: as many as
             fit in ``max_batch_memory`` bytes, as for the perturbation methods).

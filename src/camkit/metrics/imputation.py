@@ -28,7 +28,7 @@ from torch.nn import functional as F
 EDGE, CORNER = 1 / 6, 1 / 12  # ROAD's neighbour weights: they sum to 1
 TOLERANCE = 1e-5  # relative residual ‖b − Av‖ / ‖b‖ at which the solver stops
 MAX_ITERATIONS = 100
-SMOOTHING_SWEEPS, COARSEST_SWEEPS, DAMPING = 1, 20, 1.0  # fewest stencils per solve
+SMOOTHING_SWEEPS, COARSEST_SWEEPS = 1, 20  # the fewest stencils per solve (measured)
 COARSEST_SIDE = 4
 
 
@@ -59,9 +59,10 @@ class _Grid:
         return self.unknown * (self.diagonal * e - neighbour_sum(e))
 
     def smooth(self, e: Tensor, r: Tensor, sweeps: int) -> Tensor:
-        """``sweeps`` damped Jacobi sweeps on ``A e = r``."""
+        """``sweeps`` Jacobi sweeps on ``A e = r``: ``e ← (r + Σ_j w_ij e_j) / s_i`` on the
+        unknown cells (``A = diag(s) − W`` there)."""
         for _ in range(sweeps):
-            e = e + DAMPING * self.inverse * (r - self.apply(e))
+            e = self.inverse * (r + neighbour_sum(e))
         return e
 
     def coarser(self) -> _Grid:

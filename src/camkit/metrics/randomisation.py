@@ -85,17 +85,17 @@ class RandomisationCurves:
     """What :func:`parameter_randomisation` measured: ``steps`` (``"original"``, then the
     group randomised at each step, top down), and per similarity name a ``(B, K, S)`` tensor,
     the similarity of each step's maps to the original maps (step 0: an unrandomised copy, so
-    1 up to the method's own determinism); with ``keep_maps``, ``maps`` ``(B, K, S, H, W)``."""
+    1 up to the method's own determinism); with ``keep_maps``, ``maps`` ``(B, K, S, H, W)``;
+    ``groups``: how many groups the model has (more than the steps when stopped early)."""
 
     steps: list[str]
     order: str
     similarity: dict[str, Tensor]
     maps: Tensor | None = None
+    groups: int = 0
 
-    @property
-    def groups(self) -> int:
-        """How many groups were randomised."""
-        return len(self.steps) - 1
+    def __post_init__(self) -> None:
+        self.groups = self.groups or len(self.steps) - 1
 
 
 def verdict_step(groups: int, fraction: float = PASS_FRACTION) -> int:
@@ -124,7 +124,7 @@ def parameter_randomisation(
     groups = top_down_groups(model, x, layers)
     if not groups:
         raise ValueError("the forward pass reaches no parameters to randomise")
-    groups = groups[:verdict_step(len(groups), until)]
+    total, groups = len(groups), groups[:verdict_step(len(groups), until)]
     original = explainer(model, x, targets)
     found: list[Tensor] = []
     with Progress(len(groups) + 1, f"randomisation ({order})", progress) as bar:
@@ -137,7 +137,7 @@ def parameter_randomisation(
     return RandomisationCurves(
         ["original", *(g.label for g in groups)], order,
         {name: similarity(name)(reference, stacked) for name in similarities},
-        stacked if keep_maps else None)
+        stacked if keep_maps else None, total)
 
 
 def passes(curves: RandomisationCurves, threshold: float = PASS_THRESHOLD,
@@ -147,7 +147,11 @@ def passes(curves: RandomisationCurves, threshold: float = PASS_THRESHOLD,
     method with none left does not pass."""
     if curves.order != "cascading" or VERDICT_SIMILARITY not in curves.similarity:
         raise ValueError("the verdict reads the cascading curves of 'spearman-abs'")
-    values = curves.similarity[VERDICT_SIMILARITY][..., verdict_step(curves.groups, fraction)]
+    step = verdict_step(curves.groups, fraction)
+    if step >= len(curves.steps):
+        raise ValueError(f"the verdict reads step {step}, but the curves stop at step "
+                         f"{len(curves.steps) - 1}")
+    values = curves.similarity[VERDICT_SIMILARITY][..., step]
     finite = values[values.isfinite()]
     if finite.numel() == 0:
         return False, math.nan
