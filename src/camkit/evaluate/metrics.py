@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..capture.batches import Batching
+from ..capture.hooks import borrowed
 from ..metrics.complexity import complexity, sparseness
 from ..metrics.correlation import (
     SUBSET_RUNS,
@@ -251,7 +252,7 @@ def _randomisation(run: Run, layers: str | Sequence[str] | None = None,
 def _random_logit(run: Run, measure: str = "ssim") -> Tensor:
     outputs = run.batch.outputs
     if outputs is None:
-        with torch.no_grad():
+        with borrowed(run.model), torch.no_grad():
             outputs = run.model(run.x)
     return random_logit(run.explainer, run.x, run.maps, run.targets,
                         n_classes=logits_of(outputs).shape[1], seed=run.seed,
