@@ -36,3 +36,16 @@ class TinyDeepHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+class LinearScore(nn.Module):
+    """Two classes with logits ``(Σ_chw w ⊙ x, 0)``: a linear model whose per-pixel effects
+    ``Σ_c w_c x_c`` are known exactly."""
+
+    def __init__(self, channels: int, height: int, width: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(channels, height, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = (self.weight * x).sum(dim=(1, 2, 3))
+        return torch.stack([score, torch.zeros_like(score)], dim=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -15,3 +16,33 @@ def gradcam_plus_plus_alpha_weights(activations: Tensor, gradients: Tensor) -> T
     denominator = 2 * g2 + channel_sum * g2 * gradients
     alpha = (g2 / denominator).where(denominator != 0, g2.new_zeros(()))
     return (alpha * gradients.clamp(min=0)).sum(dim=(-2, -1))
+
+
+def linear_imputation_reference(x: Tensor, removed: Tensor) -> Tensor:
+    """ROAD's imputation built pixel by pixel: for each removed pixel ``i`` of ``x`` ``(C, H,
+    W)`` (``removed`` ``(H, W)`` bool), ``Σ_j w_ij (v_i − v_j) = 0`` over its in-image
+    neighbours (1/6 across an edge, 1/12 across a corner), kept pixels fixed; solved densely in
+    float64."""
+    channels, height, width = x.shape
+    unknowns = [(i, j) for i in range(height) for j in range(width) if removed[i, j]]
+    index = {p: n for n, p in enumerate(unknowns)}
+    a = torch.zeros(len(unknowns), len(unknowns), dtype=torch.float64)
+    b = torch.zeros(len(unknowns), channels, dtype=torch.float64)
+    for (i, j), row in index.items():
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                ii, jj = i + di, j + dj
+                if (di, dj) == (0, 0) or not (0 <= ii < height and 0 <= jj < width):
+                    continue
+                weight = 1 / 12 if di and dj else 1 / 6
+                a[row, row] += weight
+                if (ii, jj) in index:
+                    a[row, index[ii, jj]] -= weight
+                else:
+                    b[row] += weight * x[:, ii, jj].double()
+    out = x.double().clone()
+    if unknowns:
+        solution = torch.linalg.solve(a, b)
+        for (i, j), row in index.items():
+            out[:, i, j] = solution[row]
+    return out

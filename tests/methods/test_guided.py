@@ -84,3 +84,37 @@ def test_functional_relu_is_guided_too(images):
     out = model.fc(_ClassicGuidedReLU.apply(pre).mean(dim=(2, 3)))
     (g,) = torch.autograd.grad(out[0, 1], x)
     torch.testing.assert_close(expl.details["guided-backprop"]["gradients"][0, 0], g[0])
+
+
+def test_relu6_modules_are_guided(images):
+    """nn.ReLU6 runs as hardtanh(x, 0, 6): guided like the classic swap of a clamp to [0, 6]
+    whose backward keeps positive gradients where 0 < x < 6."""
+
+    class Clamp6(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp(0, 6)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad.clamp(min=0) * ((x > 0) & (x < 6)).to(grad.dtype)
+
+    class Swapped(nn.Module):
+        def forward(self, x):
+            return Clamp6.apply(x)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU6(), nn.Conv2d(6, 5, 3, padding=1),
+                          nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(8)  # some activations above 6
+    expl = camkit.explain(model, images, [[1], [3], [0]], methods="guided-backprop", layer="2")
+    swapped = copy.deepcopy(model)
+    swapped[1], swapped[3] = Swapped(), Swapped()
+    for b, cls in enumerate([1, 3, 0]):
+        xi = images[b:b + 1].clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(swapped(xi)[0, cls], xi)
+        torch.testing.assert_close(expl.details["guided-backprop"]["gradients"][b, 0],
+                                   expected[0], atol=1e-6, rtol=1e-5)

@@ -21,6 +21,8 @@ from camkit.metrics import (
     increase_percent,
     insertion_curve,
     masked_confidence,
+    pixel_flipping,
+    pixel_flipping_curve,
 )
 from camkit.metrics.faithfulness import baseline_image, saliency_ranks, step_counts
 from camkit.metrics.scoring import make_scorer, sigmoid_confidence, softmax_confidence
@@ -172,6 +174,18 @@ def test_deletion_and_insertion_curves_equal_a_loop(case):
     assert torch.allclose(deletion_auc(model, x, maps, targets, steps=5), auc(deletion))
 
 
+def test_pixel_flipping_equals_a_loop(case):
+    """Bach et al.'s pixel flipping: the most salient pixels set to the image's minimum."""
+    model, x, maps, targets = case
+    curves = pixel_flipping_curve(model, x, maps, targets, steps=4, batch_size=5)
+    for b in range(3):
+        for k in range(2):
+            floor = torch.full_like(x[b], float(x[b].min()))
+            expected = slow_curve(model, x[b], floor, maps[b, k], int(targets[b, k]), 4)
+            assert curves[b, k].tolist() == pytest.approx(expected, abs=1e-6)
+    assert torch.allclose(pixel_flipping(model, x, maps, targets, steps=4), auc(curves))
+
+
 def test_curve_ends_are_the_image_and_the_baseline(case):
     model, x, maps, targets = case
     curve = insertion_curve(model, x, maps, targets, steps=3)
@@ -187,6 +201,8 @@ def test_baselines():
     blurred = baseline_image(x, "blur")
     assert blurred.shape == x.shape and blurred.std() < x.std()
     assert torch.equal(baseline_image(x, torch.ones(3, 1, 1)), torch.ones_like(x))
+    black = baseline_image(x, "black")  # each image's own minimum
+    assert torch.equal(black[1], torch.full_like(x[1], float(x[1].min())))
     with pytest.raises(ValueError, match="baseline must be"):
         baseline_image(x, "noise")
 

@@ -123,7 +123,8 @@ class _GuidedReLU(torch.autograd.Function):
 
 
 class _GuidedMode(TorchFunctionMode):
-    """Routes every ReLU / ReLU6 call (module or functional, in-place or not) through
+    """Routes every ReLU / ReLU6 call (module or functional, in-place or not; ``nn.ReLU6``
+    reaches torch as ``hardtanh(x, 0, 6)``) through
     :class:`_GuidedReLU` without swapping any module of the user's model."""
 
     RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, torch.Tensor.relu,
@@ -139,7 +140,17 @@ class _GuidedMode(TorchFunctionMode):
             kwargs.pop("inplace", None)
             out = (F.relu6 if func is F.relu6 else torch.relu)(*args[:1], **{})
             return _GuidedReLU.apply(out, self.switch)
+        if func is F.hardtanh and _bounds(args, kwargs)[0] == 0:
+            # nn.ReLU6 (and any hardtanh clipped at 0) calls hardtanh, not relu6
+            return _GuidedReLU.apply(F.hardtanh(args[0], *_bounds(args, kwargs)), self.switch)
         return func(*args, **kwargs)
+
+
+def _bounds(args: tuple, kwargs: dict) -> tuple[float, float]:
+    """``hardtanh``'s ``(min_val, max_val)`` from its call arguments."""
+    low = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+    high = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
+    return float(low), float(high)
 
 
 @dataclass

@@ -10,6 +10,8 @@ The modules, in the order they build on each other:
   adapters and the registry (:data:`METRICS`, :func:`available_metrics`);
 - :mod:`~camkit.evaluate.results`: :class:`EvaluationResults` and its Markdown, CSV and JSON;
 - :mod:`~camkit.evaluate.harness`: the loop, :func:`evaluate` (targets, timing, failures);
+- :mod:`~camkit.evaluate.sanity`: :func:`~camkit.evaluate.sanity.sanity_check`, the
+  randomisation checks of every method with a verdict each (``camkit evaluate --sanity``);
 - :mod:`~camkit.evaluate.report`: :func:`~camkit.evaluate.report.write_evaluation_report`,
   the HTML report (not imported here: ``import camkit`` does not load the report).
 
@@ -19,9 +21,12 @@ The data sets a spec names are :func:`camkit.data.files.evaluation_data`; the co
 
 from .harness import evaluate
 from .metrics import (
+    COMPLEXITY,
     DEFAULT_METRICS,
     FAITHFULNESS,
+    FAITHFULNESS_EXTRA,
     METRICS,
+    RANDOMISATION,
     REGION_METRICS,
     ROBUSTNESS,
     MetricSpec,
@@ -33,7 +38,8 @@ from .results import EvaluationResults
 from .samples import Batch, Failure, Sample, as_sample
 
 __all__ = [
-    "DEFAULT_METRICS", "FAITHFULNESS", "METRICS", "REGION_METRICS", "ROBUSTNESS", "Batch",
+    "COMPLEXITY", "DEFAULT_METRICS", "FAITHFULNESS", "FAITHFULNESS_EXTRA", "METRICS",
+    "RANDOMISATION", "REGION_METRICS", "ROBUSTNESS", "Batch",
     "EvaluationResults", "Failure", "MetricSpec", "Run", "Sample", "as_sample",
     "available_metrics", "evaluate", "regions",
 ]

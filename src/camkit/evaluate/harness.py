@@ -26,7 +26,9 @@ from torch import Tensor, nn
 
 from .. import api
 from ..capture.batches import DEFAULT_MAX_BATCH_MEMORY, Batching, BatchSize
+from ..capture.layers import module_name
 from ..methods import registry
+from ..metrics.randomisation import ModelExplainer, model_explainer
 from ..metrics.robustness import method_explainer
 from ..metrics.scoring import METRIC_BATCH_SIZE, Confidence, confidence_function, metric_batching
 from ..progress import Progress
@@ -158,12 +160,16 @@ class _Evaluation:
                 done, maps = explained
                 self._score(Run(method, done, maps, self.model, self.scoring_model,
                                 self.confidence, self.batching, self.seed,
-                                self._explainer(method)))
+                                self._explainer(method), self._model_explainer(method)))
             self.advance(len(batch.samples))
 
     def _explainer(self, method: str) -> Callable[[Tensor, Tensor], Tensor]:
         return method_explainer(self.model, method, self.layer, seed=self.seed,
                                 **self.options(method))
+
+    def _model_explainer(self, method: str) -> ModelExplainer:
+        return model_explainer(method, layer_names(self.model, self.layer), seed=self.seed,
+                               **self.options(method))
 
     def _score(self, run: Run) -> None:
         method, valid = run.method, run.batch.valid
@@ -189,6 +195,16 @@ class _Evaluation:
         return EvaluationResults(self.methods, self.metrics, self.pairs, values,
                                  self.explain_seconds, self.metric_seconds, self.images,
                                  self.constant, self.failures, settings, wall, wall - spent)
+
+
+def layer_names(model: nn.Module, layer: Any) -> Any:
+    """``layer`` with its modules replaced by their dotted names in ``model`` (a list stays a
+    list), so that it names the same layers in a copy of the model."""
+    if isinstance(layer, nn.Module):
+        return module_name(model, layer)
+    if isinstance(layer, (list, tuple)):
+        return [layer_names(model, part) for part in layer]
+    return layer
 
 
 def _check_options(options: Mapping[str, Mapping[str, Any]] | None, names: list[str],
@@ -239,7 +255,9 @@ def evaluate(
             (``{"mcam": {"memory": memory}}``).
         metric_options: per metric, keyword options (``{"deletion": {"steps": 32}}``,
             ``{"infidelity": {"sigma": 0.1, "n_samples": 20}}``,
-            ``{"pointing-mask": {"tolerance": 0}}``, ``{"energy-leak": {"partners": {0: 1}}}``).
+            ``{"pointing-mask": {"tolerance": 0}}``, ``{"energy-leak": {"partners": {0: 1}}}``,
+            ``{"road": {"percentages": [20, 50, 80], "noise": 0.01}}``,
+            ``{"randomisation": {"layers": "leaves"}}``).
         batch_size: images per ``camkit.explain`` call.
         metric_batch_size: images per forward pass inside the metrics (``None``: as many as
             fit in ``max_batch_memory`` bytes, as for the perturbation methods).

@@ -18,6 +18,16 @@ import torch
 from torch import Tensor, nn
 
 from ..capture.batches import Batching
+from ..capture.hooks import borrowed
+from ..metrics.complexity import complexity, sparseness
+from ..metrics.correlation import (
+    SUBSET_RUNS,
+    SUBSET_SIZE,
+    correlation_from,
+    random_subsets,
+    subset_attributions,
+    subset_drops,
+)
 from ..metrics.faithfulness import (
     auc,
     deletion_curve,
@@ -25,6 +35,7 @@ from ..metrics.faithfulness import (
     increase_percent,
     insertion_curve,
     masked_confidence,
+    pixel_flipping_curve,
 )
 from ..metrics.localization import (
     POINTING_TOLERANCE,
@@ -32,6 +43,14 @@ from ..metrics.localization import (
     grid_pointing_game,
     pointing_game,
 )
+from ..metrics.randomisation import (
+    PASS_FRACTION,
+    VERDICT_SIMILARITY,
+    ModelExplainer,
+    parameter_randomisation,
+    random_logit,
+)
+from ..metrics.road import ROAD_NOISE, ROAD_PERCENTAGES, curve_mean, road_combined, road_curve
 from ..metrics.robustness import (
     Noise,
     attribution_dots,
@@ -59,6 +78,7 @@ class Run:
     batching: Batching
     seed: int
     explainer: Callable[[Tensor, Tensor], Tensor]
+    model_explainer: ModelExplainer | None = None  # the method on any model (randomised copies)
     cache: dict[Any, Any] = field(default_factory=dict)
 
     @property
@@ -176,6 +196,69 @@ def _energy_leak(run: Run, partners: Mapping[int, int] | None = None) -> Tensor:
     return _energy_in(run, "leak", partners)
 
 
+def _road_curve(run: Run, order: str, percentages: Sequence[float], noise: float) -> Tensor:
+    """``(B, K, P)`` ROAD confidences of this method's maps, computed once per order."""
+    key = ("road", order, tuple(percentages), noise)
+    if key not in run.cache:
+        run.cache[key] = road_curve(
+            run.scoring_model, run.x, run.maps, run.targets, order=order,
+            percentages=percentages, noise=noise, seed=run.seed, keys=run.batch.keys,
+            confidence=run.confidence, **run.chunks)
+    return run.cache[key]
+
+
+def _road(order: str | None) -> Callable[..., Tensor]:
+    def compute(run: Run, percentages: Sequence[float] = ROAD_PERCENTAGES,
+                noise: float = ROAD_NOISE) -> Tensor:
+        if order is not None:
+            return curve_mean(_road_curve(run, order, percentages, noise))
+        return road_combined(_road_curve(run, "morf", percentages, noise),
+                             _road_curve(run, "lerf", percentages, noise))
+
+    return compute
+
+
+def _pixel_flipping(run: Run, steps: int = 64, baseline: str | float = "black") -> Tensor:
+    return auc(pixel_flipping_curve(run.scoring_model, run.x, run.maps, run.targets,
+                                    steps=steps, baseline=baseline, confidence=run.confidence,
+                                    **run.chunks))
+
+
+def _faithfulness_correlation(run: Run, n_runs: int = SUBSET_RUNS,
+                              subset_size: int = SUBSET_SIZE,
+                              baseline: str | float = "black") -> Tensor:
+    """The subsets and their score drops are the same for every method: computed once per
+    batch."""
+    key = ("subsets", n_runs, subset_size, baseline)
+    if key not in run.batch.cache:
+        subsets = random_subsets(run.x, n_runs, subset_size, run.seed, run.batch.keys)
+        drops = subset_drops(run.scoring_model, run.x, subsets, run.targets, baseline=baseline,
+                             confidence=run.confidence, base=run.base(), **run.chunks)
+        run.batch.cache[key] = (subsets, drops)
+    subsets, drops = run.batch.cache[key]
+    return correlation_from(subset_attributions(run.maps, subsets), drops)
+
+
+def _randomisation(run: Run, layers: str | Sequence[str] | None = None,
+                   measure: str = VERDICT_SIMILARITY, fraction: float = PASS_FRACTION) -> Tensor:
+    if run.model_explainer is None:
+        raise ValueError("the randomisation metric needs the run's model_explainer")
+    curves = parameter_randomisation(run.model, run.x, run.targets, run.model_explainer,
+                                     layers=layers, seed=run.seed, until=fraction,
+                                     similarities=(measure,))
+    return curves.similarity[measure][..., -1]
+
+
+def _random_logit(run: Run, measure: str = "ssim") -> Tensor:
+    outputs = run.batch.outputs
+    if outputs is None:
+        with borrowed(run.model), torch.no_grad():
+            outputs = run.model(run.x)
+    return random_logit(run.explainer, run.x, run.maps, run.targets,
+                        n_classes=logits_of(outputs).shape[1], seed=run.seed,
+                        keys=run.batch.keys, measure=measure)
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A metric as the harness runs it: ``compute(run, **options) -> (B, K)``; NaN marks a
@@ -205,12 +288,30 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in [
                False, _deletion),
     MetricSpec("insertion", "AUC of the confidence while salient pixels return onto a blur",
                True, _insertion),
+    MetricSpec("road", "ROAD: mean over 10-90 % of (LeRF − MoRF)/2, noisy linear imputation",
+               True, _road(None)),
+    MetricSpec("road-morf", "ROAD MoRF: mean confidence as the most salient 10-90 % are "
+               "imputed", False, _road("morf")),
+    MetricSpec("road-lerf", "ROAD LeRF: mean confidence as the least salient 10-90 % are "
+               "imputed", True, _road("lerf")),
+    MetricSpec("pixel-flipping", "AUC of the confidence as the most salient pixels are set to "
+               "the image's minimum, 64 steps", False, _pixel_flipping),
+    MetricSpec("faithfulness-correlation", "Pearson r of Σ_S Φ and the confidence drop when S "
+               "is removed, 100 subsets of 224 px", True, _faithfulness_correlation),
     MetricSpec("infidelity", "E[(IᵀΦ − (f(x) − f(x−I)))²], I ~ N(0, 0.2²), 10 draws",
                False, _infidelity(normalize=False)),
     MetricSpec("infidelity-normalized", "infidelity with Φ rescaled by the optimal β",
                False, _infidelity(normalize=True)),
     MetricSpec("sensitivity", "max ‖Φ(y) − Φ(x)‖/‖Φ(x)‖ over 10 y in the L∞ ball of 0.02",
                False, _sensitivity),
+    MetricSpec("sparseness", "Gini index of |map|: 0 for a flat map, (n−1)/n for one pixel",
+               True, lambda run: sparseness(run.maps)),
+    MetricSpec("complexity", "entropy of |map| as a distribution: log n for a flat map",
+               False, lambda run: complexity(run.maps)),
+    MetricSpec("randomisation", "Spearman ρ of |map| with the top half of the blocks "
+               "re-initialised (cascading)", False, _randomisation),
+    MetricSpec("random-logit", "SSIM of the maps of the target and of a random other class",
+               False, _random_logit),
     MetricSpec("energy-mask", "share of the map's energy inside the object mask", True,
                _energy("mask")),
     MetricSpec("energy-box", "share of the map's energy inside the object box", True,
@@ -227,6 +328,10 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in [
 FAITHFULNESS = ("average-drop", "increase-in-confidence", "deletion", "insertion")
 ROBUSTNESS = ("infidelity", "infidelity-normalized", "sensitivity")
 DEFAULT_METRICS = FAITHFULNESS + ROBUSTNESS
+FAITHFULNESS_EXTRA = ("road", "road-morf", "road-lerf", "pixel-flipping",
+                      "faithfulness-correlation")
+COMPLEXITY = ("sparseness", "complexity")
+RANDOMISATION = ("randomisation", "random-logit")
 REGION_METRICS = {"mask": ("energy-mask", "pointing-mask"), "box": ("energy-box", "pointing-box"),
                   "cells": ("grid-pointing",), "leak": ("energy-leak",)}
 

@@ -6,6 +6,10 @@
 - Deletion and insertion AUC (Petsiuk et al., RISE, BMVC 2018): the confidence while
   the most salient pixels are removed (deletion, lower is better) or put back onto a blurred
   image (insertion, higher is better), summarised by the area under that curve.
+- Pixel flipping (Bach et al., On Pixel-Wise Explanations for Non-Linear Classifier Decisions
+  by Layer-Wise Relevance Propagation, PLoS ONE 2015, §"Pixel-flipping"): the same curve as
+  deletion, the pixels set to each image's smallest value (Quantus's "black" baseline) in
+  equal steps.
 
 Shapes: ``x`` ``(B, C, H, W)``; ``maps`` ``(B, K, H, W)`` in [0, 1] at the input resolution
 (``expl[method]``); ``targets`` ``(B, K)`` class indices; results are per-sample ``(B, K)``.
@@ -109,19 +113,22 @@ def step_counts(n_pixels: int, steps: int) -> list[int]:
 
 
 def baseline_image(x: Tensor, baseline: Baseline) -> Tensor:
-    """The image pixels are replaced by: ``"zero"``, ``"blur"`` (RISE's Gaussian blur,
-    kernel 11, σ = 5, smaller on tiny images), a constant, or a tensor broadcastable to
-    ``x`` ``(B, C, H, W)``."""
+    """The image pixels are replaced by: ``"zero"``, ``"black"`` (each image's smallest
+    value, Quantus's "black"), ``"blur"`` (RISE's Gaussian blur, kernel 11, σ = 5, smaller on
+    tiny images), a constant, or a tensor broadcastable to ``x`` ``(B, C, H, W)``."""
     if isinstance(baseline, Tensor):
         return baseline.to(x.device, x.dtype).expand_as(x)
     if baseline == "zero":
         return x.new_zeros(x.shape)
+    if baseline == "black":
+        return x.amin(dim=(1, 2, 3), keepdim=True).expand_as(x)
     if baseline == "blur":
         side = min(BLUR_KERNEL, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)
         return gaussian_blur(x, [side, side], [BLUR_SIGMA, BLUR_SIGMA])
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         return x.new_full(x.shape, float(baseline))
-    raise ValueError(f"baseline must be 'zero', 'blur', a number or a tensor, got {baseline!r}")
+    raise ValueError(f"baseline must be 'zero', 'black', 'blur', a number or a tensor, got "
+                     f"{baseline!r}")
 
 
 def perturbation_curve(
@@ -194,3 +201,22 @@ def insertion_auc(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor,
     """Insertion AUC per sample ``(B, K)``, higher is better (keywords:
     :func:`insertion_curve`)."""
     return auc(insertion_curve(model, x, maps, targets, **kwargs))
+
+
+def pixel_flipping_curve(
+    model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor, *, steps: int = 64,
+    baseline: Baseline = "black", confidence: str | Confidence | None = "softmax",
+    batch_size: BatchSize = METRIC_BATCH_SIZE, max_batch_memory: float = DEFAULT_MAX_BATCH_MEMORY,
+) -> Tensor:
+    """``(B, K, steps + 1)``: confidence as the most salient pixels are flipped to
+    ``baseline``, ``H·W / steps`` pixels per step (Bach et al. 2015; point 0 is ``x``)."""
+    return perturbation_curve(model, x, baseline_image(x, baseline), maps, targets,
+                              steps=steps, confidence=confidence, batch_size=batch_size,
+                              max_batch_memory=max_batch_memory)
+
+
+def pixel_flipping(model: nn.Module, x: Tensor, maps: Tensor, targets: Tensor,
+                   **kwargs: Any) -> Tensor:
+    """Pixel-flipping AUC per sample ``(B, K)``, lower is better (keywords:
+    :func:`pixel_flipping_curve`)."""
+    return auc(pixel_flipping_curve(model, x, maps, targets, **kwargs))

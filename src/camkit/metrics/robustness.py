@@ -36,7 +36,7 @@ NOISE_KINDS = ("gaussian", "uniform")
 Keys = Sequence[int] | Tensor | None
 
 
-def _mixed_seed(seed: int, key: int) -> int:
+def mixed_seed(seed: int, key: int) -> int:
     """A 63-bit generator seed derived from ``(seed, key)`` (NumPy's SeedSequence)."""
     if seed < 0 or key < 0:
         raise ValueError(f"seeds and keys must be >= 0, got seed={seed}, key={key}")
@@ -67,7 +67,7 @@ class Noise:
         dtype = x.dtype if x.is_floating_point() else torch.float32
         out = torch.empty(x.shape[0], n, *x.shape[1:], device=x.device, dtype=dtype)
         for b, key in enumerate(keys):  # one small generator per image, not a hot loop
-            generator = torch.Generator(device=x.device).manual_seed(_mixed_seed(self.seed, key))
+            generator = torch.Generator(device=x.device).manual_seed(mixed_seed(self.seed, key))
             if self.kind == "gaussian":
                 out[b].normal_(0.0, self.scale, generator=generator)
             else:

@@ -74,15 +74,18 @@ class ReportItem:
 
 @dataclass
 class ReportSection:
-    """A titled part of the report: a short text, its own metrics table and its images."""
+    """A titled part of the report: a short text, its own metrics table, figures shown at
+    their own size with their captions (charts, say), and its images."""
 
     title: str
     items: Sequence[ReportItem]
     text: str = ""
     metrics: Metrics | None = None
+    figures: Sequence[tuple[ImageLike, str]] = ()
 
     def __post_init__(self) -> None:
         self.items = list(self.items)
+        self.figures = [(as_rgb_array(picture), str(caption)) for picture, caption in self.figures]
 
 
 class HasReport(Protocol):
