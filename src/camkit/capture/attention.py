@@ -55,8 +55,9 @@ class _AttentionMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention and self.stack:
-            self.found[self.stack[-1]] = attention_in_graph(*args, **kwargs)
-            return self.found[self.stack[-1]][0].clone()  # the model's in-place ops act on a copy
+            out, values = attention_in_graph(*args, **kwargs)
+            self.found[self.stack[-1]] = out, values
+            return out.clone()  # the model's in-place ops act on a copy, never on `out`
         if func is F.multi_head_attention_forward and self.stack:
             self.found[self.stack[-1]], out = multi_head_attention(
                 **_MHA.bind(*args, **kwargs).arguments)
@@ -191,8 +192,8 @@ def attention_gradients(blocks: list[BlockAttention], head: TokenHead, score: Sc
     for block in blocks:
         with torch.enable_grad():
             scores = score(head(block.tokens), None)
-            output = batched_grad(scores, block.output).float()
-        yield output @ block.values.detach().float()[:, None].transpose(-2, -1)
+            at_output = batched_grad(scores, block.output).float()  # (B, K, heads, N, d)
+        yield at_output @ block.values.detach().float()[:, None].transpose(-2, -1)
 
 
 def token_head(model: nn.Module) -> TokenHead:
