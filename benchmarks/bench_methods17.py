@@ -9,6 +9,7 @@ only.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ SMOOTH = dict(num_samples=4, noise_std=0.3)  # torchcam's defaults
 RISE_MASKS = 400
 DFF_CONCEPTS = 5
 SPEED_CASE = "efficientnet-lite0"  # the speed rows run on one model (2 shared cores)
+ROUNDS_S = 30  # each speed row times as many rounds as fit in about this (3 to REPEATS)
 
 DESCRIPTIONS = {
     MAPS: (
@@ -56,7 +58,8 @@ DESCRIPTIONS = {
         "block, numpy maps at 224×224; torchcam: the extractor, a forward pass, the "
         "extractor's call; DFF: grad-cam's `DeepFeatureFactorization` object called on the "
         "batch and camkit's `factorize`, both scoring the concepts with the classifier). "
-        "Times are medians, the ratio the median of per-round ratios, timed round-robin. "
+        "Times are medians, the ratio the median of per-round ratios, timed round-robin, as "
+        "many rounds as fit in about 30 s after a warm-up round (3 to 15). "
         "RISE has no peer: its row compares its evaluations with plain no-grad forward "
         "passes of as many images."
     ),
@@ -245,13 +248,16 @@ def maps(case: Case) -> list[Row]:
 def speed(case: Case) -> list[Row]:
     x = case.x
     classes = top1(case, x)
-    warmup, repeats = settings()
-    repeats = max(3, repeats // 5)
+    _, repeats = settings()
     rows = []
     for peer in PEERS:
         calls = {"camkit": lambda peer=peer: camkit_call(peer, case, x, classes),
                  peer.library: lambda peer=peer: peer.call(case, x, classes)}
-        times = interleaved_samples(calls, min(warmup, 1), repeats)
+        start = time.perf_counter()
+        for call in calls.values():  # the warm-up round, which also sets the rounds
+            call()
+        rounds = round(ROUNDS_S / (time.perf_counter() - start))
+        times = interleaved_samples(calls, 0, min(repeats, max(3, rounds)))
         ms = {name: 1000 * float(np.median(t)) for name, t in times.items()}
         rows.append(row(SPEED, f"{case.name} b8: {peer.name} camkit / {peer.library}",
                         paired_ratio(times["camkit"], times[peer.library]), "×",
