@@ -34,10 +34,12 @@ DESCRIPTIONS = {
         "The same maps for the same batch, each library called as its documentation shows "
         "(torchcam: the extractor in a `with` block, a forward pass with autograd on, the "
         "extractor's call; camkit: `camkit.explain`). Medians, the ratio the median of "
-        "per-round ratios, timed round-robin. With fewer blocks than the model has, camkit "
-        "still records every block's attention in its one pass (which blocks are the last "
-        "ones is known only after it), and its graph starts at the input; torchcam hooks only "
-        "the chosen blocks and starts its graph at the first of them."
+        "per-round ratios, timed round-robin. camkit runs every block's attention fused, as "
+        "the model does, keeps its output `O = PV` (its graph starts at the first block's "
+        "attention output) and reads the gradient at the probabilities as `(∂s/∂O) Vᵀ`; "
+        "torchcam has the chosen blocks' `nn.MultiheadAttention` return its probabilities "
+        "(`need_weights`) and replays `P V` from them, and the model's parameters, which "
+        "require gradients, put the whole forward pass in its graph."
     ),
 }
 

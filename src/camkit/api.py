@@ -200,7 +200,7 @@ def explain(
         with recording as attention:
             cap = capture.run_forward_layers(
                 runner, run_layers, inputs, layer_grad=GRADIENTS in needs,
-                input_grad=INPUT_GRADIENTS in needs, from_input=ATTENTION in needs,
+                input_grad=INPUT_GRADIENTS in needs, autograd=ATTENTION in needs,
             )
         score_fn = resolve(targets, cap.outputs, inputs[0].shape[0])
         scores = _checked_scores(score_fn, cap.outputs, inputs[0].shape[0])

@@ -1,5 +1,6 @@
 """LeGrad against a per-image, per-target, per-block loop that builds each block's attention
-probabilities as a leaf tensor, and the explicit attention it reads against PyTorch's own."""
+probabilities as a leaf tensor, and the attention it records against PyTorch's own and the
+gradient it reads against the gradient at explicit probabilities."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import camkit
-from camkit.capture.attention import explicit_attention, explicit_multi_head_attention
+from camkit.capture.attention import attention_in_graph, multi_head_attention
 
 DEPTH, GRID = 3, 4
 
@@ -78,32 +79,70 @@ def test_the_model_is_left_as_it_was() -> None:
     torch.testing.assert_close(model.eval()(x), before)
 
 
-def test_explicit_attention_is_pytorchs() -> None:
+def explicit_probabilities(q, k, mask=None, is_causal=False, scale=None):
+    """``softmax(q kᵀ · scale + mask)`` written out, a leaf of its own graph."""
+    logits = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if is_causal:
+        logits = logits.masked_fill(~torch.ones(logits.shape[-2:], dtype=torch.bool).tril(),
+                                    float("-inf"))
+    if mask is not None:
+        logits = (logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool
+                  else logits + mask)
+    return logits.softmax(-1).detach().requires_grad_()
+
+
+def test_the_recorded_attention_is_pytorchs_and_gives_the_gradient_at_the_probabilities() -> None:
     torch.manual_seed(1)
     q, k, v = torch.randn(3, 2, 2, 5, 4).unbind(0)
+    weights = torch.randn(2, 2, 5, 4)  # a score s = Σ weights · O, read from the output
     mask = torch.rand(5, 5) > 0.3
     mask.fill_diagonal_(True)
     for kwargs in ({}, {"attn_mask": mask}, {"attn_mask": torch.randn(5, 5)},
                    {"is_causal": True}, {"scale": 0.7}):
-        probabilities, out = explicit_attention(q, k, v, **kwargs)
+        out, values = attention_in_graph(q, k, v, **kwargs)
         torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, **kwargs))
-        torch.testing.assert_close(probabilities.sum(-1), torch.ones(2, 2, 5))
+        assert out.requires_grad and out.is_leaf and values is v
+        p = explicit_probabilities(q, k, kwargs.get("attn_mask"), kwargs.get("is_causal", False),
+                                   kwargs.get("scale"))
+        (at_p,) = torch.autograd.grad((weights * (p @ v)).sum(), p)
+        (at_out,) = torch.autograd.grad((weights * out).sum(), out)
+        torch.testing.assert_close(at_out @ values.transpose(-2, -1), at_p)
+    grouped, _ = attention_in_graph(q, k[:, :1], v[:, :1], enable_gqa=True)
+    torch.testing.assert_close(grouped, attention_in_graph(q, k[:, :1].expand(-1, 2, -1, -1),
+                                                           v[:, :1].expand(-1, 2, -1, -1))[0])
+    with pytest.raises(ValueError, match="dropout"):
+        attention_in_graph(q, k, v, dropout_p=0.1)
 
 
-def test_explicit_multi_head_attention_is_pytorchs() -> None:
+def test_multi_head_attention_is_pytorchs() -> None:
     torch.manual_seed(2)
     attention = nn.MultiheadAttention(8, 2).eval()
     tokens = torch.randn(5, 3, 8)  # (L, B, E)
-    expected, weights = attention(tokens, tokens, tokens, average_attn_weights=False)
-    probabilities, out = explicit_multi_head_attention(
-        tokens, tokens, tokens, 2, attention.in_proj_weight, attention.in_proj_bias,
-        attention.out_proj.weight, attention.out_proj.bias)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(probabilities, weights)
+    blocked = torch.rand(5, 5) > 0.7  # nn.MultiheadAttention's boolean masks: True may not attend
+    blocked.fill_diagonal_(False)
+    for mask in (None, blocked, torch.randn(5, 5), torch.randn(6, 5, 5)):
+        expected, weights = attention(tokens, tokens, tokens, attn_mask=mask,
+                                      average_attn_weights=False)
+        (heads, values), out = multi_head_attention(
+            tokens, tokens, tokens, 2, attention.in_proj_weight, attention.in_proj_bias,
+            attention.out_proj.weight, attention.out_proj.bias, attn_mask=mask)
+        torch.testing.assert_close(out, expected)
+        torch.testing.assert_close(heads, weights @ values)
     with pytest.raises(ValueError, match="key_padding_mask"):
-        explicit_multi_head_attention(tokens, tokens, tokens, 2, attention.in_proj_weight,
-                                      None, attention.out_proj.weight, None,
-                                      key_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
+        multi_head_attention(tokens, tokens, tokens, 2, attention.in_proj_weight, None,
+                             attention.out_proj.weight, None,
+                             key_padding_mask=torch.zeros(3, 5, dtype=torch.bool))
+
+
+def test_the_graph_starts_at_the_first_blocks_attention() -> None:
+    model, x, seen = tiny_vit(), torch.rand(1, 3, 32, 32), []
+    handle = model.patch_embed.register_forward_hook(
+        lambda _module, _args, out: seen.append(out.requires_grad))
+    try:
+        camkit.explain(model, x, 0, ["legrad"])
+    finally:
+        handle.remove()
+    assert seen and not any(seen)  # the layer choice runs a pass too
 
 
 def test_torchvision_vit_and_a_head_of_ones_own() -> None:
@@ -149,3 +188,14 @@ def test_legrad_shares_the_pass_with_gradient_methods() -> None:
                                camkit.explain(model, x, [1, 2], ["gradcam"]).raw["gradcam"])
     torch.testing.assert_close(both.raw["legrad"],
                                camkit.explain(model, x, [1, 2], ["legrad"]).raw["legrad"])
+
+
+def test_a_layer_inside_a_block_does_not_cut_its_attention_from_its_tokens() -> None:
+    model, x = tiny_vit(), torch.rand(2, 3, 32, 32)
+    both = camkit.explain(model, x, [1, 2], ["gradcam", "legrad"], layer="blocks.1.norm2")
+    torch.testing.assert_close(both.raw["legrad"],  # the raw maps are ~1e-4: a relative test
+                               camkit.explain(model, x, [1, 2], ["legrad"]).raw["legrad"],
+                               rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(
+        both.raw["gradcam"],
+        camkit.explain(model, x, [1, 2], ["gradcam"], layer="blocks.1.norm2").raw["gradcam"])

@@ -3,6 +3,7 @@ without noise it is Grad-CAM++, and its batches do not change it."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import camkit
@@ -52,10 +53,12 @@ def test_without_noise_it_is_gradcam_plus_plus(deep, images):
     torch.testing.assert_close(expl.raw["smoothgradcam++"], expl.raw["gradcam++"], **TOL)
 
 
-def test_batches_do_not_change_the_maps_and_are_counted(tiny, images):
-    whole = camkit.explain(tiny, images, 1, "smoothgradcam++", "features", num_samples=3)
-    single = camkit.explain(tiny, images, 1, "smoothgradcam++", "features", num_samples=3,
-                            batch_size=1)
-    torch.testing.assert_close(whole.raw["smoothgradcam++"], single.raw["smoothgradcam++"],
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 9])  # 3 images × 3 samples: batches span samples
+def test_batches_do_not_change_the_maps_and_are_counted(tiny, images, batch_size):
+    targets = [[2, 0], [1, 2], [0, 1]]
+    whole = camkit.explain(tiny, images, targets, "smoothgradcam++", "features", num_samples=3)
+    batched = camkit.explain(tiny, images, targets, "smoothgradcam++", "features",
+                             num_samples=3, batch_size=batch_size)
+    torch.testing.assert_close(whole.raw["smoothgradcam++"], batched.raw["smoothgradcam++"],
                                **TOL)
-    assert single.details["smoothgradcam++"] == {"evaluations": 9, "batch_size": 1}
+    assert batched.details["smoothgradcam++"] == {"evaluations": 9, "batch_size": batch_size}

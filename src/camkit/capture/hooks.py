@@ -199,35 +199,35 @@ def run_forward_layers(
     *,
     layer_grad: bool,
     input_grad: bool,
-    from_input: bool = False,
+    autograd: bool = False,
 ) -> Capture:
     """One forward pass that captures the outputs of several layers (``{name: module}``).
 
     With ``layer_grad`` the first activation reached is a leaf of the autograd graph (nothing
     before it is recorded) and later ones stay in the graph that grows from it, so one backward
     pass reaches them all; with ``input_grad`` the graph reaches back to the first input and
-    ReLUs become switchable guided ReLUs; with ``from_input`` the graph reaches back to the
-    first input too (for what else the pass records, such as attention). Without any, no graph
-    is built at all.
+    ReLUs become switchable guided ReLUs; with ``autograd`` the pass runs with gradients on
+    even without either, for what else it records (attention starts its own graph, which the
+    layers then never cut). Without any, no graph is built at all.
     """
     captured: dict[str, list[Tensor]] = {name: [] for name in layers}
 
     def keeper(name: str) -> Callable[[Tensor], Tensor]:
         def keep(output: Tensor) -> Tensor:
             first = not any(captured.values())
-            in_graph = from_input or (output.requires_grad and not first)
+            in_graph = input_grad or (output.requires_grad and (autograd or not first))
             act = output if in_graph else output.detach().requires_grad_(layer_grad)
             captured[name].append(act)
             return act.clone()  # downstream in-place ops act on the copy, never on `act`
 
         return keep
 
-    from_input = from_input or input_grad
-    if from_input:
+    if input_grad:
         inputs = (inputs[0].detach().requires_grad_(True), *inputs[1:])
     switch = GuidedSwitch() if input_grad else None
     guided = _GuidedMode(switch) if switch else contextlib.nullcontext()
-    grad_mode = torch.enable_grad() if (layer_grad or from_input) else torch.no_grad()
+    grad_mode = (torch.enable_grad() if (layer_grad or input_grad or autograd)
+                 else torch.no_grad())
     with contextlib.ExitStack() as hooks, grad_mode, guided:
         for name, layer in layers.items():
             hooks.enter_context(layer_hook(layer, keeper(name)))

@@ -43,7 +43,7 @@ class LayerPass:
             (with ``hessian=True`` also the Hessian-vector products ``H A``: ``(2, n, K, C, h,
             w)``), or ``None``.
         attention: the blocks that computed an attention in the pass, in call order, with
-            their output tokens and probabilities in the graph from the input
+            their output tokens, attention outputs and values
             (:func:`camkit.capture.attention.recording_attention`), or ``None``.
     """
 

@@ -2,14 +2,15 @@
 averaged over noisy copies of the input (SmoothGrad, Smilkov et al. 2017).
 
 Cost: ``num_samples`` forward and backward passes per image (the graph starts at the target
-layer), in memory-bounded batches of images with the progress bar of every many-evaluation
-method (:mod:`camkit.capture.batches`). The noise is drawn from the call's seeded generator,
-one ``(B, C, H, W)`` draw per sample, so a call is reproducible and independent of the batch
-size. The activations of the clean input carry the map.
+layer), in memory-bounded batches of noisy images (a batch may hold several samples) with the
+progress bar of every many-evaluation method (:mod:`camkit.capture.batches`). The noise is
+drawn from the call's seeded generator, one ``(B, C, H, W)`` draw per sample, so a call is
+reproducible and independent of the batch size. The activations of the clean input carry the map.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -49,29 +50,45 @@ def smooth_gradcam_plus_plus(activations: Tensor, moments: Tensor) -> Tensor:
 def noisy_gradient_moments(layer_pass: LayerPass, num_samples: int, noise_std: float,
                            batching: Batching) -> Tensor:
     """``(3, B, K, C, h, w)``: the means of ``g``, ``g²`` and ``g³``, ``g = ∂s/∂A`` at
-    ``x + ε_m``, ``ε_m ~ N(0, σ²)`` drawn per sample ``m < num_samples``."""
+    ``x + ε_m``, ``ε_m ~ N(0, σ²)`` drawn per sample ``m < num_samples``; the
+    ``num_samples · B`` noisy images run in batches that may span samples."""
     inputs = layer_pass.inputs
     x = inputs[0]
     gradients_at = layer_pass.gradients_at
     size = batching.size_for(BACKWARD_MEMORY_FACTOR * forward_bytes(inputs))
     sums: Tensor | None = None
     with Progress(num_samples * len(x), "smoothgradcam++", batching.progress) as bar:
-        for _ in range(num_samples):
-            noise = torch.randn(x.shape, generator=layer_pass.generator, device=x.device,
-                                dtype=x.dtype)
-            noisy = x + noise_std * noise
-            parts = []
-            for start in range(0, len(x), size):
-                rows = torch.arange(start, min(start + size, len(x)), device=x.device)
-                parts.append(gradients_at((noisy[rows], *(t[rows] for t in inputs[1:])), rows))
-                bar.update(len(rows))
-            g = torch.cat(parts)
+        for noisy, rows in _noisy_batches(layer_pass, num_samples, noise_std, size):
+            g = gradients_at((noisy, *(t[rows] for t in inputs[1:])), rows)
             powers = torch.stack([g, g * g, g * g * g])
-            sums = powers if sums is None else sums.add_(powers)
+            if sums is None:
+                sums = powers.new_zeros(3, len(x), *powers.shape[2:])
+            sums.index_add_(1, rows, powers)
+            bar.update(len(rows))
     layer_pass.notes["smoothgradcam++"] = {"evaluations": num_samples * len(x),
                                            "batch_size": size}
     assert sums is not None
     return sums / num_samples
+
+
+def _noisy_batches(layer_pass: LayerPass, num_samples: int, noise_std: float, size: int
+                   ) -> Iterator[tuple[Tensor, Tensor]]:
+    """The noisy images ``x_b + σ ε_m,b`` in (sample, image) order, in batches of at most
+    ``size``, each with its images' indices ``b``; ``ε_m`` is one ``(B, C, H, W)`` draw of the
+    pass's generator, made when sample ``m`` is first needed."""
+    x = layer_pass.inputs[0]
+    images = torch.arange(len(x), device=x.device)
+    held: list[tuple[Tensor, Tensor]] = []
+    for m in range(num_samples):
+        noise = torch.randn(x.shape, generator=layer_pass.generator, device=x.device,
+                            dtype=x.dtype)
+        held.append((x + noise_std * noise, images))
+        count = sum(len(rows) for _, rows in held)
+        while count >= size or (m == num_samples - 1 and count):
+            noisy, rows = (torch.cat(part) for part in zip(*held, strict=True))
+            yield noisy[:size], rows[:size]
+            held = [(noisy[size:], rows[size:])] if count > size else []
+            count = max(0, count - size)
 
 
 def _weights(layer_pass: LayerPass, num_samples: int = 4, noise_std: float = 0.3,
