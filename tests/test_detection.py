@@ -8,12 +8,13 @@ import pytest
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 import camkit
-from camkit.detection import BoxScoreTarget
+from camkit.detection import BoxScoreTarget, DetectedBoxesTarget, proposal_rows, roi_box_head
 
 SIZE = 64
 
@@ -148,3 +149,33 @@ def test_torchvision_detectors(name: str, layer: str) -> None:
     assert (expl.scores > 0).all()
     for method in expl:
         assert torch.isfinite(expl[method]).all()
+
+
+def test_proposal_rows_split_global_rows_by_image() -> None:
+    proposals = [torch.arange(12.0).view(3, 4), torch.arange(12.0, 20).view(2, 4)]
+    picked = proposal_rows(proposals, torch.tensor([1, 3, 4]))
+    assert [p.tolist() for p in picked] == [[[4.0, 5, 6, 7]],
+                                            [[12.0, 13, 14, 15], [16.0, 17, 18, 19]]]
+    assert [len(p) for p in proposal_rows(proposals, torch.tensor([0, 2]))] == [2, 0]
+
+
+class MixingHead(TwoMLPHead):
+    """A subclass of torchvision's box head (it could mix its rows)."""
+
+
+def test_box_branches_taken_row_by_row(detector: FasterRCNN) -> None:
+    box = BoxScoreTarget(torch.zeros(1, 4), torch.ones(1))
+    assert roi_box_head(detector, [detector.backbone[2]], box) is not None
+    assert roi_box_head(detector, [detector.backbone[2]], lambda out: out) is not None
+    for inside in (detector.roi_heads.box_head.fc6, detector.rpn.head.conv):
+        assert roi_box_head(detector, [detector.backbone[2], inside], box) is None
+    detector.roi_heads.box_head = MixingHead(8 * 7 * 7, 16)
+    assert roi_box_head(detector, [detector.backbone[2]], box) is None
+    masks = MaskRCNN(detector.backbone, num_classes=4,
+                     rpn_anchor_generator=detector.rpn.anchor_generator,
+                     box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
+                     mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2))
+    for target in (box, DetectedBoxesTarget()):  # they read the boxes' scores only
+        assert roi_box_head(masks, [masks.backbone[2]], target) is not None
+    assert roi_box_head(masks, [masks.backbone[2]], lambda out: out) is None  # masks too
+    assert roi_box_head(nn.Sequential(detector.backbone), [detector.backbone[2]], box) is None

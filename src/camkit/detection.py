@@ -8,13 +8,20 @@ every gradient method explains them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
-from torchvision.ops import box_iou
+from torch import Tensor, nn
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from .targets import Target
 
@@ -135,3 +142,65 @@ class DetectedBoxesTarget(Target):
         """The scores of the detections in ``outputs`` itself (``camkit.explain`` binds the
         target to the unperturbed output first)."""
         return self.bind(outputs).scores(outputs, rows)
+
+
+@dataclass(frozen=True)
+class RoIBoxHead:
+    """The box branch of a torchvision two-stage detector (Faster, Mask, Keypoint R-CNN).
+
+    ``pool(features, proposals, image_shapes)`` pools one row per proposal, ``(P, C, s, s)``,
+    the proposals of each image in turn; ``predictor(head(rows))`` gives each row's
+    ``(class_logits (P, n_classes), box_regression (P, 4 n_classes))`` from that row alone (in
+    eval mode). A detection's box and score are functions of one row of those outputs and of
+    its proposal, which the region proposal network detaches: the score of a detection
+    depends on the backbone's features through one pooled row only.
+    """
+
+    pool: nn.Module
+    head: nn.Module
+    predictor: nn.Module
+
+
+# The box branches whose rows are known to be computed independently of each other.
+_POOLS, _HEADS, _PREDICTORS = (MultiScaleRoIAlign,), (TwoMLPHead, FastRCNNConvFCHead), (
+    FastRCNNPredictor,)
+
+
+def roi_box_head(model: nn.Module, layers: Iterable[nn.Module], targets: Any
+                 ) -> RoIBoxHead | None:
+    """The box branch of ``model`` when the gradients of ``targets`` at ``layers`` may be taken
+    through it row by row, else ``None``.
+
+    That holds for torchvision's own ``RoIHeads`` with its own pooler, box head and predictor
+    (a custom head could mix its rows), when no layer lies inside the box branch or the
+    region proposal network (whose proposals carry no gradient), and, for Mask and Keypoint
+    R-CNN (whose masks and keypoints pool the features again), when the target reads only the
+    boxes' scores (:class:`BoxScoreTarget`, :class:`DetectedBoxesTarget`).
+    """
+    heads = [m for m in model.modules() if isinstance(m, RoIHeads) and type(m) is RoIHeads]
+    if len(heads) != 1:
+        return None
+    roi = heads[0]
+    pool, head, predictor = roi.box_roi_pool, roi.box_head, roi.box_predictor
+    if not (isinstance(pool, nn.Module) and isinstance(head, nn.Module)
+            and isinstance(predictor, nn.Module) and type(pool) in _POOLS
+            and type(head) in _HEADS and type(predictor) in _PREDICTORS):
+        return None
+    outside = [roi, *(m for m in model.modules() if isinstance(m, RegionProposalNetwork))]
+    inside = {id(m) for part in outside for m in part.modules()}
+    if any(id(layer) in inside for layer in layers):
+        return None
+    if ((roi.has_mask() or roi.has_keypoint())
+            and not isinstance(targets, (BoxScoreTarget, DetectedBoxesTarget))):
+        return None
+    return RoIBoxHead(pool, head, predictor)
+
+
+def proposal_rows(proposals: Sequence[Tensor], rows: Tensor) -> list[Tensor]:
+    """The proposals of the pooled ``rows`` (sorted global row indices, the proposals of each
+    image in turn), as the per-image list the pooler takes: pooling them gives those rows."""
+    counts = torch.tensor([len(p) for p in proposals], device=rows.device)
+    ends = counts.cumsum(0)
+    image = torch.bucketize(rows, ends, right=True)
+    local = rows - (ends - counts)[image]
+    return [p[local[image == b]] for b, p in enumerate(proposals)]
