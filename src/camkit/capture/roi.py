@@ -117,10 +117,15 @@ def roi_gradients(scores: Tensor, wrt: tuple[Tensor, ...], record: RoIRecord
     grads = [w.new_zeros(scores.shape[1], *w.shape) for w in wrt]
     groups: list[list[int]] = []
     if len(selected):
-        head = record.head
-        features, proposals, image_shapes = record.pool_inputs[0]
+        head, (features, proposals, image_shapes) = record.head, record.pool_inputs[0]
+        levels = {name: f.detach().requires_grad_(True) for name, f in features.items()}
+
+        def pool(rows: Tensor) -> Tensor:
+            with torch.enable_grad():
+                return head.pool(levels, proposal_rows(proposals, rows), image_shapes)
+
+        pooled = pool(selected)
         with torch.enable_grad():
-            pooled = head.pool(features, proposal_rows(proposals, selected), image_shapes)
             outputs = tuple(head.predictor(head.head(pooled)))
         reads = reads[:, selected]
         groups = disjoint_groups(reads)
@@ -128,11 +133,25 @@ def roi_gradients(scores: Tensor, wrt: tuple[Tensor, ...], record: RoIRecord
             (at_rows,) = torch.autograd.grad(
                 outputs, pooled, [g[members][:, selected].sum(0) for g in at_outputs],
                 retain_graph=True)
-            for k in members:
-                own = at_rows * reads[k].view(-1, *[1] * (at_rows.dim() - 1))
-                for grad, g in zip(grads, torch.autograd.grad(pooled, wrt, own,
-                                                              retain_graph=True), strict=True):
+            for k in members:  # RoI align's backward costs per row: pool k's own rows again
+                at_levels = torch.autograd.grad(pool(selected[reads[k]]), list(levels.values()),
+                                                at_rows[reads[k]], allow_unused=True)
+                for grad, g in zip(grads, _level_backward(features, at_levels, wrt),
+                                   strict=True):
                     grad[k] = g
     record.summary = {"path": "roi-rows", "rows": len(selected),
                       "box_head_backwards": len(groups)}
     return tuple(g.transpose(0, 1) for g in grads)
+
+
+def _level_backward(features: dict[str, Tensor], at_levels: tuple[Tensor | None, ...],
+                    wrt: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The gradients at ``wrt`` of the pyramid levels' gradients ``at_levels``, through the
+    levels that received one only (a box is pooled from one level: the others' 3×3 convs are
+    skipped)."""
+    used = [(level, g) for level, g in zip(features.values(), at_levels, strict=True)
+            if g is not None and bool(g.any())]
+    if not used:
+        return tuple(torch.zeros_like(w) for w in wrt)
+    return torch.autograd.grad([level for level, _ in used], wrt, [g for _, g in used],
+                               retain_graph=True)
