@@ -10,7 +10,11 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 import camkit
@@ -19,18 +23,22 @@ from camkit.detection import BoxScoreTarget, DetectedBoxesTarget, proposal_rows,
 SIZE = 64
 
 
-def tiny_faster_rcnn() -> FasterRCNN:
+def tiny_faster_rcnn(conv_head: bool = False) -> FasterRCNN:
     """A Faster R-CNN on a two-conv backbone ("backbone.2", 8 channels), fast enough for
-    Ablation-CAM in a test; every proposal is kept (score threshold 0)."""
+    Ablation-CAM in a test; every proposal is kept (score threshold 0). ``conv_head``: a box
+    head with a convolution over each proposal's 7×7 crop (as Faster R-CNN v2's)."""
     torch.manual_seed(8)
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
                              nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
     backbone.out_channels = 8
     anchors = AnchorGenerator(sizes=((16, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
-    return FasterRCNN(backbone, num_classes=4, min_size=SIZE, max_size=SIZE,
+    heads = ({"box_head": FastRCNNConvFCHead((8, 7, 7), [8], [16]),
+              "box_predictor": FastRCNNPredictor(16, 4), "num_classes": None} if conv_head
+             else {"num_classes": 4})
+    return FasterRCNN(backbone, min_size=SIZE, max_size=SIZE,
                       rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
                       rpn_pre_nms_top_n_test=40, rpn_post_nms_top_n_test=20,
-                      box_detections_per_img=10, box_score_thresh=0.0).eval()
+                      box_detections_per_img=10, box_score_thresh=0.0, **heads).eval()
 
 
 @pytest.fixture
@@ -125,6 +133,23 @@ def test_methods_that_need_class_scores_say_so(detector: FasterRCNN, image: Tens
         BoxScoreTarget(torch.zeros(0, 4), torch.zeros(0))
     with pytest.raises(ValueError, match="labels must"):
         BoxScoreTarget(boxes, labels[None])
+
+
+def test_fullgrad_leaves_out_the_per_proposal_maps_of_a_box_head(image: Tensor) -> None:
+    detector = tiny_faster_rcnn(conv_head=True)
+    boxes, labels = detected(detector, image, 2)
+    expl = camkit.explain(detector, image, BoxScoreTarget(boxes, labels), "fullgrad")
+    assert expl["fullgrad"].shape == (1, 2, SIZE, SIZE)
+    # the backbone's and the proposal network's 2 + 3 convs; the box head's one conv left out
+    assert expl.details["fullgrad"] == {"bias_terms": 5, "not_image_maps": 1}
+
+
+def test_shapley_cam_needs_second_derivatives_roi_align_has_not(detector: FasterRCNN,
+                                                                image: Tensor) -> None:
+    boxes, labels = detected(detector, image, 1)
+    with pytest.raises(ValueError, match="second derivatives.*RoI align"):
+        camkit.explain(detector, image, BoxScoreTarget(boxes, labels), "shapleycam",
+                       layer="backbone.2")
 
 
 @pytest.mark.parametrize(("name", "layer"), [

@@ -119,6 +119,15 @@ def test_a_feature_pyramid_detector(monkeypatch: pytest.MonkeyPatch) -> None:
     assert_same_maps(fast, generic)
 
 
+def test_a_convolutional_box_head(images: Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_faster_rcnn(conv_head=True)
+    found = detections(model, images[:1])[0]
+    target = BoxScoreTarget(found["boxes"][:3], found["labels"][:3])
+    fast, generic = explain_both(model, images[:1], target, "backbone.2", monkeypatch)
+    assert fast.details["gradients"]["path"] == "roi-rows"
+    assert_same_maps(fast, generic)
+
+
 def test_disjoint_groups() -> None:
     rows = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1]],
                         dtype=torch.bool)
