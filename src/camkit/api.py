@@ -248,8 +248,8 @@ def explain(
     grad_mode = torch.enable_grad() if graph else torch.no_grad()
     recording = (capture.recording_attention(model) if ATTENTION in needs
                  else contextlib.nullcontext(None))
-    roi = capture.recording_roi(model, list(layers.values()), targets) if GRADIENTS in needs \
-        else contextlib.nullcontext(None)
+    roi = (capture.recording_roi(model, list(layers.values()), targets) if GRADIENTS in needs
+           else contextlib.nullcontext(None))
     with capture.borrowed(model, eval_mode), grad_mode:
         with recording as attention, roi as roi_record:
             cap = capture.run_forward_layers(

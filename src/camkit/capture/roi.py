@@ -8,11 +8,16 @@ torchvision's ResNet50-FPN) K times. Here:
 1. one batched backward from the scores to the box branch's outputs (through the cheap
    post-processing only) says which rows each score reads: the rows where its gradient is
    not zero;
-2. the pooler and the box head are run again on those rows only, and one backward through
-   them per group of scores that read disjoint rows gives every score's gradient at its own
-   rows (rows are independent, so the summed backward separates exactly);
-3. one backward per score from its pooled rows to the target layers (the RoI pooling and the
-   feature pyramid).
+2. the pooler and the box head are run again on those rows only (from the pyramid levels
+   detached), and one backward through them per group of scores that read disjoint rows
+   gives every score's gradient at its own rows (rows are independent in eval mode, so the
+   summed backward separates exactly);
+3. per score, its own rows pooled again and one backward from them to the pyramid levels
+   (RoI align's backward costs per row), then from the levels that received a gradient (a
+   row is pooled from one level) through the feature pyramid to the target layers.
+
+The gradients are those of the plain batched backward; only which parts run, and how often,
+differ. Models the box branch is not recognised in take :func:`camkit.capture.batched_grads`.
 """
 
 from __future__ import annotations
