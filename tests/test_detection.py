@@ -18,7 +18,13 @@ from torchvision.models.detection.faster_rcnn import (
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 import camkit
-from camkit.detection import BoxScoreTarget, DetectedBoxesTarget, proposal_rows, roi_box_head
+from camkit.detection import (
+    BoxScoreTarget,
+    DetectedBoxesTarget,
+    finite_iou,
+    proposal_rows,
+    roi_box_head,
+)
 
 SIZE = 64
 
@@ -113,6 +119,24 @@ def test_scores_pick_the_best_matching_detection_or_zero() -> None:
     torch.testing.assert_close(with_iou.scores(found), torch.tensor([[1.8]]))
 
 
+def test_empty_boxes_score_zero_with_finite_gradients() -> None:
+    """A detector with random weights returns empty boxes (x0 = x1): taken as a reference box
+    with ``add_iou``, IoU's 0 / 0 made its score and every gradient NaN."""
+    boxes = torch.tensor([[8.0, 26, 8, 31], [31, 34, 32, 36], [0, 0, 10, 10]],
+                         requires_grad=True)
+    scores = torch.tensor([0.9, 0.8, 0.7], requires_grad=True)
+    found = [{"boxes": boxes, "labels": torch.tensor([1, 1, 2]), "scores": scores}]
+    target = BoxScoreTarget(torch.tensor([[8.0, 26, 8, 31], [31, 34, 32, 36]]),
+                            torch.tensor([1, 1]), add_iou=True)
+    picked = target.scores(found)
+    torch.testing.assert_close(picked.detach(), torch.tensor([[0.0, 1.8]]))
+    grads = torch.autograd.grad(picked.sum(), (boxes, scores))
+    assert all(torch.isfinite(g).all() for g in grads)
+    others = torch.tensor([[1.0, 2, 30, 40], [5, 5, 6, 9]])
+    torch.testing.assert_close(finite_iou(boxes.detach(), others),
+                               box_iou(boxes.detach(), others))
+
+
 def test_per_image_boxes_follow_the_rows_of_modified_copies() -> None:
     far, near = [50.0, 50, 60, 60], [0.0, 0, 10, 10]
     found = {"boxes": torch.tensor([near]), "labels": torch.tensor([1]),
@@ -172,6 +196,8 @@ def test_torchvision_detectors(name: str, layer: str) -> None:
                           layer=layer)
     assert expl["gradcam"].shape == (1, 2, 128, 128)
     assert (expl.scores > 0).all()
+    path = "roi-rows" if name.startswith("fasterrcnn") else "head-levels"
+    assert expl.details["gradients"]["path"] == path  # recognised: camkit.capture.detectors
     for method in expl:
         assert torch.isfinite(expl[method]).all()
 

@@ -10,7 +10,8 @@
   its own module, and batch-norm-folded channels-last copies;
 - :mod:`~camkit.capture.batches`: model evaluations in batches under a memory budget;
 - :mod:`~camkit.capture.attention`: a transformer's attention probabilities in the graph;
-- :mod:`~camkit.capture.roi`: per-box gradients of a two-stage detector through its RoI rows;
+- :mod:`~camkit.capture.detectors`: per-box gradients of detectors where their scores read
+  the features (a proposal's RoI row, a pyramid level's head output);
 - :mod:`~camkit.capture.layer_pass`: what one pass hands to every method.
 """
 
@@ -23,6 +24,7 @@ from .batches import (
     input_scorer,
     run_items,
 )
+from .detectors import DetectorRecord, detector_gradients, recording_detector
 from .hooks import (
     Capture,
     LayerNotReachedError,
@@ -40,14 +42,13 @@ from .hooks import (
 )
 from .layer_pass import LayerPass
 from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, to_spatial
-from .roi import RoIRecord, recording_roi, roi_gradients
 
 __all__ = [
     "BATCH_OPTIONS", "Batching", "BlockAttention", "Capture", "DEFAULT_MAX_BATCH_MEMORY",
-    "LayerNotReachedError", "LayerPass", "LayerSpec", "Reshape", "RoIRecord", "batched_grad",
-    "batched_grads", "borrowed", "choose_layer", "find_layer", "forward_bytes", "input_scorer",
-    "layer_gradients_for_inputs", "layer_hook", "model_lock", "module_name",
-    "module_output_gradients", "recording_attention", "recording_roi", "rescorer_for_activations",
-    "rescorer_for_inputs", "roi_gradients", "run_forward", "run_forward_layers", "run_items",
-    "to_spatial",
+    "DetectorRecord", "LayerNotReachedError", "LayerPass", "LayerSpec", "Reshape",
+    "batched_grad", "batched_grads", "borrowed", "choose_layer", "detector_gradients",
+    "find_layer", "forward_bytes", "input_scorer", "layer_gradients_for_inputs", "layer_hook",
+    "model_lock", "module_name", "module_output_gradients", "recording_attention",
+    "recording_detector", "rescorer_for_activations", "rescorer_for_inputs", "run_forward",
+    "run_forward_layers", "run_items", "to_spatial",
 ]

@@ -1,19 +1,24 @@
-"""Per-box gradients of two-stage detectors through their RoI rows: equal to the plain batched
+"""Per-box gradients of detectors where their scores read the features (a two-stage detector's
+RoI rows, a one-stage detector's head outputs per pyramid level): equal to the plain batched
 backward (the generic path) for batches, several layers, boxes that share a proposal, boxes
 that match nothing and IoU-dependent scores; pooled again on the rows the scores read only."""
 
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
 import torchvision
-from torch import Tensor
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
+from torchvision.models.detection.ssd import SSD
 
 import camkit
-from camkit.capture import roi
-from camkit.capture.roi import disjoint_groups
+from camkit.capture import detectors
+from camkit.capture.detectors import disjoint_groups
 from camkit.detection import BoxScoreTarget
 from tests.test_detection import SIZE, tiny_faster_rcnn
 
@@ -28,7 +33,8 @@ def explain_both(model: torch.nn.Module, x: Tensor, target: object, layer: objec
         warnings.simplefilter("ignore")  # constant maps of boxes that match nothing
         fast = camkit.explain(model, x, target, METHODS, layer=layer)
         with monkeypatch.context() as patch:
-            patch.setattr(roi, "roi_box_head", lambda *_: None)
+            patch.setattr(detectors, "roi_box_head", lambda *_: None)
+            patch.setattr(detectors, "dense_score_modules", lambda *_: None)
             generic = camkit.explain(model, x, target, METHODS, layer=layer)
     return fast, generic
 
@@ -132,3 +138,49 @@ def test_disjoint_groups() -> None:
     rows = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 1]],
                         dtype=torch.bool)
     assert disjoint_groups(rows) == [[0, 1], [2, 4]]
+
+
+class TwoLevels(nn.Module):
+    """Two feature levels of 32 channels, at 1/4 and 1/8 of the input (``down``, ``up``)."""
+
+    def __init__(self, out_channels: int | list[int]) -> None:
+        super().__init__()
+        self.out_channels = out_channels  # SSD takes one number per level
+        self.down = nn.Sequential(nn.Conv2d(3, 32, 3, 4, 1), nn.ReLU())
+        self.up = nn.Conv2d(32, 32, 3, 2, 1)
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        low = self.down(x)
+        return OrderedDict([("0", low), ("1", self.up(low))])
+
+
+def tiny_one_stage(kind: str) -> nn.Module:
+    """A RetinaNet, FCOS (GroupNorm towers) or SSD on :class:`TwoLevels`; every candidate kept."""
+    torch.manual_seed(5)
+    keep = {"score_thresh": 0.0, "detections_per_img": 10, "topk_candidates": 40}
+    if kind == "ssd":
+        return SSD(TwoLevels([32, 32]), DefaultBoxGenerator([[2], [2]]), (SIZE, SIZE), 3,
+                   **keep).eval()
+    sizes = ((16,), (32,))
+    ratios = ((0.5, 1.0, 2.0),) * 2 if kind == "retinanet" else ((1.0,),) * 2
+    detector = RetinaNet if kind == "retinanet" else FCOS
+    return detector(TwoLevels(32), 3, min_size=SIZE, max_size=SIZE,
+                    anchor_generator=AnchorGenerator(sizes, ratios), **keep).eval()
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "fcos", "ssd"])
+def test_one_stage_detectors_back_propagate_from_the_level_each_box_reads(
+        kind: str, images: Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_one_stage(kind)
+    found = detections(model, images)
+    boxes = torch.stack([d["boxes"][[0, 2, 2]] for d in found])  # a box twice
+    labels = torch.stack([d["labels"][[0, 2, 2]] for d in found])
+    boxes[1, 2], labels[1, 2] = torch.tensor([60.0, 60, 63, 63]), 1  # matches nothing
+    fast, generic = explain_both(model, images, BoxScoreTarget(boxes, labels, add_iou=True),
+                                 ["backbone.down", "backbone.up"], monkeypatch)
+    summary = fast.per_layer["backbone.up"].details["gradients"]
+    per_level = {"retinanet": 2, "fcos": 3, "ssd": 2}[kind]  # class, box (and centre-ness)
+    assert summary["path"] == "head-levels" and summary["outputs"] == 2 * per_level
+    assert summary["outputs_read"] < 3 * summary["outputs"]  # some levels skipped
+    for layer in ("backbone.down", "backbone.up"):
+        assert_same_maps(fast.per_layer[layer], generic.per_layer[layer])
