@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 import camkit
 from bench_gradient import as_gradcam_lib, max_diff, photos
-from camkit.capture import roi
+from camkit.capture import detectors
 from common import Row, interleaved_samples, paired_ratio, row, settings, setup
 
 MAPS, SPEED = "tasks-maps", "tasks-speed"
@@ -42,10 +42,11 @@ DESCRIPTIONS = {
         "call against one plain forward pass with autograd on plus one backward of the summed "
         "detection scores into the parameters, as a user trains it (the floor, on a copy of "
         "the model). The reference boxes are the detector's own first detections with a "
-        "positive area. Median of per-round ratios, timed round-robin. Faster R-CNN takes "
-        "the per-box gradients through its RoI rows (`camkit.capture.roi`); the `generic` "
-        "row is the same call with that path off, as for a detector camkit does not "
-        "recognise (one batched backward for all boxes)."
+        "positive area. Median of per-round ratios, timed round-robin. camkit takes the "
+        "per-box gradients where each box's score reads the features (`camkit.capture."
+        "detectors`: Faster R-CNN's RoI rows, RetinaNet's and FCOS's head outputs per pyramid "
+        "level); each `generic` row is the same call with the detector unrecognised (one "
+        "batched backward for all boxes through the whole head)."
     ),
 }
 
@@ -137,13 +138,12 @@ def dense_detector(name: str) -> nn.Module:
 
 
 def timed_against_floor(build: Callable[[], nn.Module], x: Tensor, boxes: Tensor,
-                        labels: Tensor, counts: Sequence[int], generic: bool = False
-                        ) -> tuple[dict[str, float], float]:
+                        labels: Tensor, counts: Sequence[int]) -> tuple[dict[str, float], float]:
     """Paired ratios of ``camkit.explain`` (Grad-CAM at ``backbone.body.layer4``) for the first
     ``n`` reference boxes, each ``n`` of ``counts``, to one forward + backward of the summed
-    detection scores into the parameters of a copy of the model; with ``generic``, also the
-    call with the detector's RoI path off (``"generic"``). Returns the ratios and the fastest
-    floor round in seconds."""
+    detection scores into the parameters of a copy of the model, and of the call for the
+    first ``counts[0]`` boxes with the detector unrecognised (``"generic"``: the plain batched
+    backward). Returns the ratios and the fastest floor round in seconds."""
     model = build()
     trained = build()
     trained.load_state_dict(model.state_dict())
@@ -158,12 +158,12 @@ def timed_against_floor(build: Callable[[], nn.Module], x: Tensor, boxes: Tensor
         return lambda: camkit.explain(model, x, target, "gradcam", layer="backbone.body.layer4")
 
     def unrecognised() -> None:
-        with patched(roi, "roi_box_head", lambda *_: None):
+        with patched(detectors, "roi_box_head", lambda *_: None), \
+                patched(detectors, "dense_score_modules", lambda *_: None):
             ours(counts[0])()
 
-    fns: dict[str, Callable[[], object]] = {"floor": floor, **{str(n): ours(n) for n in counts}}
-    if generic:
-        fns["generic"] = unrecognised
+    fns: dict[str, Callable[[], object]] = {"floor": floor, **{str(n): ours(n) for n in counts},
+                                            "generic": unrecognised}
     warmup, repeats = settings()
     samples = interleaved_samples(fns, warmup, repeats)
     ratios = {name: paired_ratio(samples[name], samples["floor"]) for name in fns
@@ -184,40 +184,47 @@ def patched(owner: object, name: str, value: object) -> Iterator[None]:
 def speed_rows(x: Tensor) -> list[Row]:
     boxes, labels = reference_boxes(detector(), x, 3 * BOXES)
     many = len(boxes)
-    ratios, fastest = timed_against_floor(detector, x, boxes, labels, (BOXES, many),
-                                          generic=True)
-    setting = f"ResNet50-FPN at 224×224, fastest floor round {1e3 * fastest:.0f} ms"
+    ratios, fastest = timed_against_floor(detector, x, boxes, labels, (BOXES, many))
     rows = [
         row(SPEED, f"Faster R-CNN Grad-CAM, {BOXES} boxes, one call / (forward + backward)",
             ratios[str(BOXES)], "×",
-            f"{setting}; through the RoI rows: one backward of the box head on the matched "
-            "proposals, then per box RoI align and the feature pyramid back to the layer "
-            "(see tasks.md)", "<= 1.3"),
+            f"ResNet50-FPN at 224×224, fastest floor round {1e3 * fastest:.0f} ms; through the "
+            f"RoI rows (tasks.md): the box head runs again on the {BOXES} matched proposals "
+            "only, then per box RoI align of its row and the feature pyramid from its level "
+            "back to the layer", "<= 1.3"),
         row(SPEED, f"Faster R-CNN Grad-CAM, {many} boxes, one call / (forward + backward)",
             ratios[str(many)], "×",
-            "each further box costs one backward of the pyramid's 3×3 convs at its level"),
-        row(SPEED, f"Faster R-CNN Grad-CAM, {BOXES} boxes, generic batched backward / "
-                   "(forward + backward)", ratios["generic"], "×",
-            "the detector not recognised: each box's backward runs the box head (12544 → "
-            "1024) over all ~1000 proposals"),
+            "each further box adds one input-gradient backward of the feature pyramid from its "
+            "level to the layer"),
+        generic_row("Faster R-CNN", ratios["generic"],
+                    "each box's backward runs the box head (12544 → 1024) over all ~1000 "
+                    "proposals"),
     ]
     for name, title in (("retinanet_resnet50_fpn", "RetinaNet"), ("fcos_resnet50_fpn", "FCOS")):
         model = dense_detector(name)
         boxes, labels = reference_boxes(model, x, BOXES)
         ratios, fastest = timed_against_floor(lambda name=name: dense_detector(name), x, boxes,
                                               labels, (BOXES,))
-        towers = "its classification tower" if title == "RetinaNet" else (
-            "its classification and regression towers (centre-ness)")
-        rows.append(row(
-            SPEED, f"{title} Grad-CAM, {BOXES} boxes, one call / (forward + backward)",
-            ratios[str(BOXES)], "×",
-            f"ResNet50-FPN at 224×224, score threshold 0, fastest floor round "
-            f"{1e3 * fastest:.0f} ms; a dense head: each box's score is one anchor's output, "
-            f"and its gradient runs {towers} (four 3×3 convs over every pyramid level"
-            + (", GroupNorm mixing the whole level" if title == "FCOS" else "")
-            + ") backward once per box, where the floor's backward runs them once",
-            "<= 1.3"))
+        towers = ("its level's classification tower" if title == "RetinaNet" else
+                  "its level's classification and regression towers (the score multiplies in "
+                  "the centre-ness)")
+        rows += [
+            row(SPEED, f"{title} Grad-CAM, {BOXES} boxes, one call / (forward + backward)",
+                ratios[str(BOXES)], "×",
+                f"ResNet50-FPN at 224×224, score threshold 0, fastest floor round "
+                f"{1e3 * fastest:.0f} ms; per box one backward from the head outputs of the "
+                f"pyramid level it reads (tasks.md): {towers} and the pyramid, where the "
+                "floor's one backward runs every level's towers", "<= 1.3"),
+            generic_row(title, ratios["generic"],
+                        "each box's backward runs the head's towers over every pyramid level"),
+        ]
     return rows
+
+
+def generic_row(title: str, ratio: float, why: str) -> Row:
+    return row(SPEED, f"{title} Grad-CAM, {BOXES} boxes, generic batched backward / "
+                      "(forward + backward)", ratio, "×",
+               f"the same call for a detector camkit does not recognise: {why}")
 
 
 def run() -> list[Row]:
