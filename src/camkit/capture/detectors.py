@@ -105,17 +105,15 @@ def recording_detector(model: nn.Module, layers: list[nn.Module], targets: Any
             handle.remove()
 
 
-def output_gradients(scores: Tensor, outputs: tuple[Tensor, ...]) -> list[Tensor]:
+def output_gradients(scores: Tensor, outputs: tuple[Tensor, ...]) -> tuple[Tensor | None, ...]:
     """``(K, *output.shape)`` gradients of each column's sum of ``scores`` ``(B, K)`` with
-    respect to each of ``outputs`` (zeros for one the scores do not use), one batched
-    backward."""
+    respect to each of ``outputs`` (``None`` for one the scores do not use, such as the box
+    regression without ``add_iou``), one batched backward."""
     k = scores.shape[1]
     one_hot = torch.eye(k, dtype=scores.dtype, device=scores.device)
-    grads = torch.autograd.grad(
+    return torch.autograd.grad(
         scores, outputs, grad_outputs=one_hot[:, None, :].expand(k, scores.shape[0], k),
         retain_graph=True, is_grads_batched=True, allow_unused=True)
-    return [torch.zeros(k, *o.shape, dtype=o.dtype, device=o.device) if g is None else g
-            for g, o in zip(grads, outputs, strict=True)]
 
 
 def disjoint_groups(rows: Tensor) -> list[list[int]]:
@@ -149,8 +147,8 @@ def detector_gradients(scores: Tensor, wrt: tuple[Tensor, ...], record: Detector
     grads = [w.new_zeros(scores.shape[1], *w.shape) for w in wrt]
     read = 0
     for k in range(scores.shape[1]):
-        per_output = tuple(g[k] for g in at_outputs)
-        read += sum(bool(g.any()) for g in per_output)
+        per_output = tuple(None if g is None else g[k] for g in at_outputs)
+        read += sum(g is not None and bool(g.any()) for g in per_output)
         for grad, g in zip(grads, _backward_from_read(record.outputs, per_output, wrt),
                            strict=True):
             grad[k] = g
@@ -162,8 +160,12 @@ def detector_gradients(scores: Tensor, wrt: tuple[Tensor, ...], record: Detector
 def _roi_gradients(scores: Tensor, wrt: tuple[Tensor, ...], record: RoIRecord
                    ) -> tuple[Tensor, ...]:
     """:func:`detector_gradients` through a two-stage detector's box branch."""
-    at_outputs = output_gradients(scores, record.outputs[0])
-    reads = torch.stack([g.flatten(2).ne(0).any(-1) for g in at_outputs]).any(0)  # (K, P)
+    used = [(i, g) for i, g in enumerate(output_gradients(scores, record.outputs[0]))
+            if g is not None]  # (K, P, n) each: the class logits, the box regression
+    reads = torch.zeros(scores.shape[1], len(record.outputs[0][0]), dtype=torch.bool,
+                        device=scores.device)  # (K, P)
+    for _, g in used:
+        reads |= g.flatten(2).ne(0).any(-1)
     selected = reads.any(0).nonzero()[:, 0]
     grads = [w.new_zeros(scores.shape[1], *w.shape) for w in wrt]
     groups: list[list[int]] = []
@@ -182,8 +184,8 @@ def _roi_gradients(scores: Tensor, wrt: tuple[Tensor, ...], record: RoIRecord
         groups = disjoint_groups(reads)
         for members in groups:
             (at_rows,) = torch.autograd.grad(
-                outputs, pooled, [g[members][:, selected].sum(0) for g in at_outputs],
-                retain_graph=True)
+                [outputs[i] for i, _ in used], pooled,
+                [g[members][:, selected].sum(0) for _, g in used], retain_graph=True)
             for k in members:  # RoI align's backward costs per row: pool k's own rows again
                 at_levels = torch.autograd.grad(pool(selected[reads[k]]), list(levels.values()),
                                                 at_rows[reads[k]], allow_unused=True)
