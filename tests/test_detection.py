@@ -8,28 +8,43 @@ import pytest
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 import camkit
-from camkit.detection import BoxScoreTarget
+from camkit.detection import (
+    BoxScoreTarget,
+    DetectedBoxesTarget,
+    finite_iou,
+    proposal_rows,
+    roi_box_head,
+)
 
 SIZE = 64
 
 
-def tiny_faster_rcnn() -> FasterRCNN:
+def tiny_faster_rcnn(conv_head: bool = False) -> FasterRCNN:
     """A Faster R-CNN on a two-conv backbone ("backbone.2", 8 channels), fast enough for
-    Ablation-CAM in a test; every proposal is kept (score threshold 0)."""
+    Ablation-CAM in a test; every proposal is kept (score threshold 0). ``conv_head``: a box
+    head with a convolution over each proposal's 7×7 crop (as Faster R-CNN v2's)."""
     torch.manual_seed(8)
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
                              nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
     backbone.out_channels = 8
     anchors = AnchorGenerator(sizes=((16, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
-    return FasterRCNN(backbone, num_classes=4, min_size=SIZE, max_size=SIZE,
+    heads = ({"box_head": FastRCNNConvFCHead((8, 7, 7), [8], [16]),
+              "box_predictor": FastRCNNPredictor(16, 4), "num_classes": None} if conv_head
+             else {"num_classes": 4})
+    return FasterRCNN(backbone, min_size=SIZE, max_size=SIZE,
                       rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
                       rpn_pre_nms_top_n_test=40, rpn_post_nms_top_n_test=20,
-                      box_detections_per_img=10, box_score_thresh=0.0).eval()
+                      box_detections_per_img=10, box_score_thresh=0.0, **heads).eval()
 
 
 @pytest.fixture
@@ -104,6 +119,24 @@ def test_scores_pick_the_best_matching_detection_or_zero() -> None:
     torch.testing.assert_close(with_iou.scores(found), torch.tensor([[1.8]]))
 
 
+def test_empty_boxes_score_zero_with_finite_gradients() -> None:
+    """A detector with random weights returns empty boxes (x0 = x1): taken as a reference box
+    with ``add_iou``, IoU's 0 / 0 made its score and every gradient NaN."""
+    boxes = torch.tensor([[8.0, 26, 8, 31], [31, 34, 32, 36], [0, 0, 10, 10]],
+                         requires_grad=True)
+    scores = torch.tensor([0.9, 0.8, 0.7], requires_grad=True)
+    found = [{"boxes": boxes, "labels": torch.tensor([1, 1, 2]), "scores": scores}]
+    target = BoxScoreTarget(torch.tensor([[8.0, 26, 8, 31], [31, 34, 32, 36]]),
+                            torch.tensor([1, 1]), add_iou=True)
+    picked = target.scores(found)
+    torch.testing.assert_close(picked.detach(), torch.tensor([[0.0, 1.8]]))
+    grads = torch.autograd.grad(picked.sum(), (boxes, scores))
+    assert all(torch.isfinite(g).all() for g in grads)
+    others = torch.tensor([[1.0, 2, 30, 40], [5, 5, 6, 9]])
+    torch.testing.assert_close(finite_iou(boxes.detach(), others),
+                               box_iou(boxes.detach(), others))
+
+
 def test_per_image_boxes_follow_the_rows_of_modified_copies() -> None:
     far, near = [50.0, 50, 60, 60], [0.0, 0, 10, 10]
     found = {"boxes": torch.tensor([near]), "labels": torch.tensor([1]),
@@ -126,6 +159,23 @@ def test_methods_that_need_class_scores_say_so(detector: FasterRCNN, image: Tens
         BoxScoreTarget(boxes, labels[None])
 
 
+def test_fullgrad_leaves_out_the_per_proposal_maps_of_a_box_head(image: Tensor) -> None:
+    detector = tiny_faster_rcnn(conv_head=True)
+    boxes, labels = detected(detector, image, 2)
+    expl = camkit.explain(detector, image, BoxScoreTarget(boxes, labels), "fullgrad")
+    assert expl["fullgrad"].shape == (1, 2, SIZE, SIZE)
+    # the backbone's and the proposal network's 2 + 3 convs; the box head's one conv left out
+    assert expl.details["fullgrad"] == {"bias_terms": 5, "not_image_maps": 1}
+
+
+def test_shapley_cam_needs_second_derivatives_roi_align_has_not(detector: FasterRCNN,
+                                                                image: Tensor) -> None:
+    boxes, labels = detected(detector, image, 1)
+    with pytest.raises(ValueError, match="second derivatives.*RoI align"):
+        camkit.explain(detector, image, BoxScoreTarget(boxes, labels), "shapleycam",
+                       layer="backbone.2")
+
+
 @pytest.mark.parametrize(("name", "layer"), [
     ("fasterrcnn_mobilenet_v3_large_320_fpn", "backbone.body.12"),
     ("retinanet_resnet50_fpn", "backbone.body.layer4"),
@@ -146,5 +196,37 @@ def test_torchvision_detectors(name: str, layer: str) -> None:
                           layer=layer)
     assert expl["gradcam"].shape == (1, 2, 128, 128)
     assert (expl.scores > 0).all()
+    path = "roi-rows" if name.startswith("fasterrcnn") else "head-levels"
+    assert expl.details["gradients"]["path"] == path  # recognised: camkit.capture.detectors
     for method in expl:
         assert torch.isfinite(expl[method]).all()
+
+
+def test_proposal_rows_split_global_rows_by_image() -> None:
+    proposals = [torch.arange(12.0).view(3, 4), torch.arange(12.0, 20).view(2, 4)]
+    picked = proposal_rows(proposals, torch.tensor([1, 3, 4]))
+    assert [p.tolist() for p in picked] == [[[4.0, 5, 6, 7]],
+                                            [[12.0, 13, 14, 15], [16.0, 17, 18, 19]]]
+    assert [len(p) for p in proposal_rows(proposals, torch.tensor([0, 2]))] == [2, 0]
+
+
+class MixingHead(TwoMLPHead):
+    """A subclass of torchvision's box head (it could mix its rows)."""
+
+
+def test_box_branches_taken_row_by_row(detector: FasterRCNN) -> None:
+    box = BoxScoreTarget(torch.zeros(1, 4), torch.ones(1))
+    assert roi_box_head(detector, [detector.backbone[2]], box) is not None
+    assert roi_box_head(detector, [detector.backbone[2]], lambda out: out) is not None
+    for inside in (detector.roi_heads.box_head.fc6, detector.rpn.head.conv):
+        assert roi_box_head(detector, [detector.backbone[2], inside], box) is None
+    detector.roi_heads.box_head = MixingHead(8 * 7 * 7, 16)
+    assert roi_box_head(detector, [detector.backbone[2]], box) is None
+    masks = MaskRCNN(detector.backbone, num_classes=4,
+                     rpn_anchor_generator=detector.rpn.anchor_generator,
+                     box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
+                     mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2))
+    for target in (box, DetectedBoxesTarget()):  # they read the boxes' scores only
+        assert roi_box_head(masks, [masks.backbone[2]], target) is not None
+    assert roi_box_head(masks, [masks.backbone[2]], lambda out: out) is None  # masks too
+    assert roi_box_head(nn.Sequential(detector.backbone), [detector.backbone[2]], box) is None

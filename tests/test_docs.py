@@ -3,8 +3,12 @@ doctest, and the doctests in the public docstrings run."""
 
 from __future__ import annotations
 
+import ast
 import doctest
 import inspect
+import re
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,3 +48,53 @@ def test_doctests_run(obj: object) -> None:
     for test in tests:
         runner.run(test)
     assert runner.failures == 0, f"{obj.__name__}: a doctest failed (run with -s to see it)"
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
+
+
+def documented_value(comment: str) -> object:
+    """The value a ``# ...`` comment states before its first ``:`` (``(2, 1, 224, 224)``,
+    ``('a', 'b')``, ``tensor([[1], [2]])``), or ``None`` when it states none."""
+    stated = comment.split(": ")[0].strip()
+    if stated.startswith("tensor(") and stated.endswith(")"):
+        return ast.literal_eval(stated[len("tensor("):-1])
+    try:
+        return ast.literal_eval(stated)
+    except (ValueError, SyntaxError):
+        return None
+
+
+def as_plain(value: object) -> object:
+    """A tensor or ``torch.Size`` as the nested lists or tuple the docs write."""
+    if isinstance(value, torch.Size):
+        return tuple(value)
+    return value.tolist() if isinstance(value, torch.Tensor) else value
+
+
+def test_the_examples_of_tasks_md_run_and_give_what_they_say() -> None:
+    """Each Python block of docs/tasks.md runs (in order, one namespace); an expression line
+    whose comment states a value (a shape, a tuple, a tensor) gives that value (a tensor's
+    stated tuple is its shape)."""
+    namespace: dict[str, object] = {}
+    checked = 0
+    for block in python_blocks(Path(__file__).parents[1] / "docs" / "tasks.md"):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant maps of random weights
+            exec(compile(block, "docs/tasks.md", "exec"), namespace)  # noqa: S102
+        for line in block.splitlines():
+            code, _, comment = line.partition("#")
+            if not comment or not code.strip() or not isinstance(
+                    ast.parse(code.strip()).body[0], ast.Expr):
+                continue
+            stated = documented_value(comment)
+            if stated is None:
+                continue
+            value = eval(code.strip(), namespace)  # noqa: S307
+            if isinstance(value, torch.Tensor) and isinstance(stated, tuple):
+                value = value.shape
+            assert as_plain(value) == stated, f"docs/tasks.md: {line.strip()}"
+            checked += 1
+    assert checked >= 4

@@ -1,5 +1,6 @@
 """timm and Hugging Face transformers classifiers, random weights: valid maps with the
-automatic layer choice and with the layer docs/models.md recommends for transformers.
+automatic layer choice, which is the one docs/tasks.md's table names, and with the layer it
+recommends for transformers.
 
 Skipped when timm or transformers is not installed (``pip install camkit[hub]``)."""
 
@@ -73,6 +74,16 @@ HF: dict[str, tuple[Callable[[], nn.Module], str | None]] = {
 AUTO_IS_RECOMMENDED = {"ViT", "DeiT (distilled)", "hybrid ViT (ResNet stem)",
                        "ViTForImageClassification", "SwinForImageClassification"}
 
+# The automatic layer of each family, as docs/tasks.md's table gives it.
+AUTOMATIC = {
+    "ResNet": "layer4", "ConvNeXt": "norm_pre", "EfficientNet": "bn2", "RegNet": "final_conv",
+    "ViT": "blocks.-1.norm1", "DeiT (distilled)": "blocks.-1.norm1", "Swin": "norm",
+    "hybrid ViT (ResNet stem)": "blocks.-1.norm1",
+    "ViTForImageClassification": HF["ViTForImageClassification"][1],
+    "SwinForImageClassification": HF["SwinForImageClassification"][1],
+    "ConvNextForImageClassification": "convnext.encoder.stages.-1",
+}
+
 CASES = ([(family, lambda n=name, o=over: timm_model(n, o), layer)
           for family, (name, over, layer) in TIMM.items()]
          + [(family, make, layer) for family, (make, layer) in HF.items()])
@@ -112,5 +123,7 @@ def test_valid_maps_with_automatic_and_recommended_layers(family, make, layer) -
             assert_valid(camkit.explain(model, x, None, ["gradcam", "eigencam"],
                                         layer=recommended), 2)
     assert automatic.scores.shape == (2, 1)
+    documented = existing(model, str(AUTOMATIC[family]).split("|"))
+    assert find_layer(model, automatic.layer) is find_layer(model, documented)
     if family in AUTO_IS_RECOMMENDED:
         assert find_layer(model, automatic.layer) is find_layer(model, recommended)

@@ -54,6 +54,19 @@ def test_gradcam_of_a_masked_class_matches_autograd(segmenter: TinySegmenter) ->
     torch.testing.assert_close(expl.raw["gradcam"].clamp(min=0), expected)
 
 
+def test_an_empty_region_is_named_in_a_warning(segmenter: TinySegmenter) -> None:
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    predicted = segmenter(x)["out"].argmax(dim=1)
+    absent = next(c for c in range(3) if not (predicted == c).any())
+    with pytest.warns(RuntimeWarning, match=rf"class\(es\) \[{absent}\]: predicted nowhere in "
+                                            r"2 of 2 images"):
+        SemanticSegmentationTarget([absent]).bind(segmenter(x))
+    with pytest.warns(RuntimeWarning, match=r"\[0, 2\]: an empty region in 1 of 2"):
+        mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+        mask[0, :2] = True
+        SemanticSegmentationTarget([0, 2], mask).bind(segmenter(x))
+
+
 def test_scores_sum_the_class_logits_over_the_region(segmenter: TinySegmenter) -> None:
     x = torch.randn(2, 3, 8, 8)
     logits = segmenter(x)["out"]

@@ -1,5 +1,6 @@
-"""Classifier-head targets: softmax, sigmoid, one-logit binary heads and raw scores, each
-against its formula and through ``camkit.explain`` against a hand-written score function."""
+"""Classifier-head targets: logits, softmax, sigmoid, one-logit binary heads and raw scores, each
+against its formula and through ``camkit.explain`` against a hand-written score function; and
+pytorch-grad-cam's list of one target object per image."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import torch
 from torch import Tensor, nn
 
 import camkit
+from camkit.detection import BoxScoreTarget
 from camkit.targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputSigmoidTarget,
     ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
     RawScoresOutputTarget,
     resolve,
 )
@@ -85,3 +88,54 @@ def test_softmax_gradcam_matches_a_hand_written_score(deep: nn.Module, images: T
                              ["gradcam", "ablationcam"], layer="body")
     for method in ours:
         torch.testing.assert_close(ours[method], by_hand[method])
+
+
+def test_logit_target_is_the_class_indices(deep: nn.Module, images: Tensor) -> None:
+    ours = camkit.explain(deep, images, camkit.ClassifierOutputTarget([[1, 2]] * 3), "gradcam",
+                          layer="body")
+    plain = camkit.explain(deep, images, [[1, 2]] * 3, "gradcam", layer="body")
+    torch.testing.assert_close(ours.raw["gradcam"], plain.raw["gradcam"])
+    assert ours.targets.tolist() == [[1, 2]] * 3
+
+
+def test_one_target_object_per_image_as_pytorch_grad_cam_takes_them(
+        deep: nn.Module, images: Tensor) -> None:
+    methods = ["gradcam", "ablationcam"]
+    listed = camkit.explain(deep, images, [ClassifierOutputSoftmaxTarget(c) for c in (0, 3, 1)],
+                            methods, layer="body")
+    table = camkit.explain(deep, images, ClassifierOutputSoftmaxTarget([0, 3, 1]), methods,
+                           layer="body")
+    assert listed.targets.tolist() == [[0], [3], [1]]
+    for method in methods:
+        torch.testing.assert_close(listed.raw[method], table.raw[method])
+    chosen = [ClassifierOutputTarget(0), ClassifierOutputSoftmaxTarget(3),
+              ClassifierOutputTarget(1)]
+    mixed = camkit.explain(deep, images, chosen, methods, layer="body")
+    assert mixed.targets is None  # classes read from different scores: custom scores
+    for b, target in enumerate(chosen):
+        alone = camkit.explain(deep, images[b:b + 1], target, methods, layer="body")
+        for method in methods:
+            torch.testing.assert_close(mixed.raw[method][b:b + 1], alone.raw[method])
+
+
+def test_per_image_box_targets_are_per_image_boxes() -> None:
+    found = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]]),
+              "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.7])}] * 2
+    boxes = torch.tensor([[[0.0, 0, 10, 10]], [[20.0, 20, 30, 30]]])
+    labels = torch.tensor([[1], [2]])
+    listed = resolve([BoxScoreTarget(boxes[0], labels[0]), BoxScoreTarget(boxes[1], labels[1])],
+                     found, 2)
+    rows = torch.tensor([1, 1, 0])
+    torch.testing.assert_close(listed.score(found), BoxScoreTarget(boxes, labels).scores(found))
+    torch.testing.assert_close(listed.score(found[:1] * 3, rows),
+                               torch.tensor([[0.7], [0.7], [0.9]]))
+
+
+def test_lists_of_targets_that_cannot_be_per_image_say_why(logits: Tensor) -> None:
+    with pytest.raises(ValueError, match="3 target objects for a batch of 2"):
+        resolve([ClassifierOutputTarget(1)] * 3, logits[:2], 2)
+    with pytest.raises(TypeError, match="scores the whole batch"):
+        resolve([lambda z: z[:, 0], lambda z: z[:, 1]], logits[:2], 2)
+    with pytest.raises(ValueError, match="same number of scores"):
+        resolve([ClassifierOutputTarget(1), ClassifierOutputSoftmaxTarget([[1, 2]] * 2)],
+                logits[:2], 2).score(logits[:2])

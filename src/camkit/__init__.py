@@ -15,6 +15,7 @@ from .targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputSigmoidTarget,
     ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
     RawScoresOutputTarget,
 )
 
@@ -49,7 +50,8 @@ EmbeddingGradCAM = method_class("EmbeddingGradCAM", "embedding-gradcam")
 
 __all__ = [
     "AblationCAM", "BinaryClassifierOutputTarget", "BoxScoreTarget", "CAM", "CAMMethod",
-    "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget", "Concepts", "EigenCAM",
+    "ClassifierOutputSigmoidTarget", "ClassifierOutputSoftmaxTarget",
+    "ClassifierOutputTarget", "Concepts", "EigenCAM",
     "EigenGradCAM", "EmbeddingGradCAM", "EvaluationResults", "Explanation", "FEM", "FullGrad",
     "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM",
     "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LeGrad", "MCAM", "MCAMGradCAM", "Occlusion",

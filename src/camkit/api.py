@@ -114,10 +114,13 @@ def _spatial(grads: Tensor, reshape: Reshape | None) -> Tensor:
     return spatial.unflatten(0, grads.shape[:2]).float()
 
 
-def _gradients(scores: Tensor, wrt: tuple[Tensor, ...], reshape: Reshape | None) -> list[Tensor]:
+def _gradients(scores: Tensor, wrt: tuple[Tensor, ...], reshape: Reshape | None,
+               detector: capture.DetectorRecord | None) -> list[Tensor]:
     """``(B, K, C, h, w)`` float32 gradients of ``scores`` at each layer, in spatial layout,
-    from one backward pass."""
-    return [_spatial(grads, reshape) for grads in capture.batched_grads(scores, wrt)]
+    from one batched backward pass, or where a detector's scores read the features."""
+    grads = (capture.detector_gradients(scores, wrt, detector)
+             if detector and detector.usable() else capture.batched_grads(scores, wrt))
+    return [_spatial(g, reshape) for g in grads]
 
 
 def explain(
@@ -193,11 +196,14 @@ def explain(
     grad_mode = torch.enable_grad() if graph else torch.no_grad()
     recording = (capture.recording_attention(model) if ATTENTION in needs
                  else contextlib.nullcontext(None))
+    detector = (capture.recording_detector(model, list(layers.values()), targets)
+                if GRADIENTS in needs else contextlib.nullcontext(None))
     with capture.borrowed(model, eval_mode), grad_mode:
-        runner, run_layers = (capture.forward_model(model, layers, inputs)
-                              if fast and eval_mode and not needs & {INPUT_GRADIENTS, ATTENTION}
-                              else (model, layers))
-        with recording as attention:
+        with recording as attention, detector as detector_record:
+            runner, run_layers = (capture.forward_model(model, layers, inputs)
+                                  if fast and eval_mode and detector_record is None
+                                  and not needs & {INPUT_GRADIENTS, ATTENTION}
+                                  else (model, layers))
             cap = capture.run_forward_layers(
                 runner, run_layers, inputs, layer_grad=GRADIENTS in needs,
                 input_grad=INPUT_GRADIENTS in needs, autograd=ATTENTION in needs,
@@ -205,7 +211,7 @@ def explain(
         score_fn = resolve(targets, cap.outputs, inputs[0].shape[0])
         scores = _checked_scores(score_fn, cap.outputs, inputs[0].shape[0])
         passes = _layer_passes(model, layers, inputs, cap, score_fn, scores, needs, reshape, seed,
-                               attention)
+                               attention, detector_record)
         del cap
         raw = [{m.name: _raw_map(m, layer_pass, opts, eigen_smooth)
                 for m, opts in zip(chosen, per_method_options, strict=True)}
@@ -222,11 +228,12 @@ def _layer_passes(
     model: nn.Module, layers: dict[str, nn.Module], inputs: tuple[Tensor, ...],
     cap: capture.Capture, score_fn: ScoreFn, scores: Tensor, needs: frozenset[str],
     reshape: Reshape | None, seed: int, attention: list[capture.BlockAttention] | None,
+    detector: capture.DetectorRecord | None,
 ) -> list[LayerPass]:
     """One :class:`LayerPass` per captured layer; gradients of all from one backward pass."""
     activations = [to_spatial(a, reshape) for a in cap.activations]
     gradients: list[Tensor | None] = (
-        list(_gradients(scores, cap.activations, reshape)) if GRADIENTS in needs
+        list(_gradients(scores, cap.activations, reshape, detector)) if GRADIENTS in needs
         else [None] * len(layers))
     input_gradients = (capture.batched_grad(scores, cap.inputs[0], cap.guided).float()
                        if INPUT_GRADIENTS in needs else None)
@@ -252,6 +259,7 @@ def _layer_passes(
             gradients_for_inputs=capture.layer_gradients_for_inputs(
                 model, module, call, score_fn, lambda grads: _spatial(grads, reshape)),
             attention=attention,
+            notes={"gradients": dict(detector.summary)} if detector and detector.summary else {},
         )
         for (name, module), act, spatial, grads, call in zip(
             layers.items(), cap.activations, activations, gradients, cap.calls, strict=True)

@@ -8,6 +8,7 @@ A segmentation model returns per-pixel class scores ``(B, C, H', W')``: a tensor
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,8 +59,19 @@ class SemanticSegmentationTarget(Target):
         ).long()
 
     def bind(self, outputs: Any) -> SemanticSegmentationTarget:
+        """The region fixed on the unperturbed output; a warning names the classes whose
+        region is empty in some image (their score is 0 and their maps constant)."""
         logits = segmentation_logits(outputs)
-        return replace(self, region=self._masks(logits))
+        masks = self._masks(logits)
+        empty = masks.flatten(-2).sum(-1).eq(0).expand(len(logits), len(self.categories))
+        if empty.any():
+            where = "predicted nowhere" if self.region is None else "an empty region"
+            classes = self.categories[empty.any(0).cpu()].tolist()
+            warnings.warn(f"class(es) {classes}: {where} in {int(empty.any(1).sum())} of "
+                          f"{len(logits)} images, where the score is 0 and the maps constant; "
+                          "give a non-empty box or mask as the region", RuntimeWarning,
+                          stacklevel=4)
+        return replace(self, region=masks)
 
     def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
         logits = segmentation_logits(outputs)

@@ -197,6 +197,10 @@ class ClassTarget(Target):
         return scores.gather(1, self.indices(outputs))
 
 
+class ClassifierOutputTarget(ClassTarget):
+    """The logit ``z_c`` of each class: the same as giving the classes as ``targets``."""
+
+
 class ClassifierOutputSoftmaxTarget(ClassTarget):
     """The softmax probability ``p_c = exp(z_c) / Σ_j exp(z_j)`` of each class, not its logit
     ``z_c`` (its gradient also pushes the other classes down)."""
@@ -234,6 +238,39 @@ class RawScoresOutputTarget(Target):
     def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
         scores = output_tensor(outputs)
         return scores.reshape(scores.shape[0], -1)
+
+
+@dataclass
+class PerImage(Target):
+    """pytorch-grad-cam's form, one target object per image: image ``b`` is scored by
+    ``targets[b]`` (each object scores the whole batch; ``b``'s rows are kept)."""
+
+    targets: Sequence[Target]
+
+    def bind(self, outputs: Any) -> PerImage:
+        return PerImage([t.bind(outputs) for t in self.targets])
+
+    def indices(self, outputs: Any) -> Tensor | None:
+        per = [t.indices(outputs) for t in self.targets]
+        if len({type(t).class_scores for t in self.targets}) > 1 or any(p is None for p in per):
+            return None  # classes read from different scores: custom scores
+        return self._per_image([cast(Tensor, p) for p in per], None)
+
+    def class_scores(self, logits: Tensor) -> Tensor:
+        return self.targets[0].class_scores(logits)
+
+    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
+        return self._per_image([t.scores(outputs, rows) for t in self.targets], rows)
+
+    @staticmethod
+    def _per_image(per_target: list[Tensor], rows: Tensor | None) -> Tensor:
+        """Row ``i`` of ``per_target[rows[i]]`` (each ``(n, K)``) for every row ``i``."""
+        if len({tuple(p.shape) for p in per_target}) > 1:
+            raise ValueError("each image's target object must give the same number of "
+                             f"scores; they give {[p.shape[1] for p in per_target]}")
+        stacked = torch.stack(per_target)
+        n = torch.arange(stacked.shape[1], device=stacked.device)
+        return stacked[n if rows is None else rows.to(stacked.device), n]
 
 
 TargetSpec = None | int | Sequence | Tensor | Callable[[Any], Tensor] | Target
@@ -284,6 +321,9 @@ def _as_bk(scores: Any, batch: int | None) -> Tensor:
 
 def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
     """Normalise ``targets`` for a batch of ``batch`` images whose model output is ``outputs``."""
+    if isinstance(targets, (list, tuple)) and any(callable(t) or isinstance(t, Target)
+                                                  for t in targets):
+        targets = _per_image_objects(targets, batch)
     if isinstance(targets, Target):
         bound = targets.bind(outputs)
         indices = bound.indices(outputs)
@@ -314,6 +354,19 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
         if indices.dim() == 1:
             indices = indices.unsqueeze(1)
     return ScoreFn(_checked(indices.long(), logits.shape[1], batch), None)
+
+
+def _per_image_objects(targets: Sequence[Any], batch: int) -> PerImage:
+    """pytorch-grad-cam's list of one target object per image, checked."""
+    if not all(isinstance(t, Target) for t in targets):
+        raise TypeError("a list of target functions: a camkit function scores the whole "
+                        "batch, f(outputs) -> (B,) or (B, K); give one such function, or one "
+                        "target object (camkit.ClassifierOutputTarget, ...) per image")
+    if len(targets) != batch:
+        raise ValueError(f"got {len(targets)} target objects for a batch of {batch} images: "
+                         "give one per image, or one object for the whole batch (e.g. "
+                         "ClassifierOutputTarget([3, 5]))")
+    return PerImage(list(targets))
 
 
 def _holds_text(targets: Any) -> bool:

@@ -87,3 +87,25 @@ def test_batch_norm_effective_bias_is_the_affine_maps_offset():
     zero = torch.zeros(1, 4, 1, 1)
     torch.testing.assert_close(effective_bias(bn), bn(zero).flatten())
     assert effective_bias(nn.Conv2d(3, 4, 1, bias=False)) is None
+
+
+class WithAuxiliaryHead(nn.Module):
+    """``biased_net`` returning ``{"out": logits, "aux": ...}``: the auxiliary head's conv has a
+    bias but does not reach ``out`` (as torchvision's FCN and DeepLabV3 with ``aux_loss``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = biased_net()
+        torch.manual_seed(4)
+        self.aux = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.net(x), "aux": self.aux(self.net[:3](x))}
+
+
+def test_a_bias_the_target_does_not_reach_adds_nothing(images):
+    with_aux = WithAuxiliaryHead().eval()
+    expl = camkit.explain(with_aux, images, lambda out: out["out"][:, [0, 2]], "fullgrad")
+    alone = camkit.explain(with_aux.net, images, [[0, 2]] * 3, "fullgrad", "3")
+    torch.testing.assert_close(expl.raw["fullgrad"], alone.raw["fullgrad"], **TOL)
+    assert expl.details["fullgrad"] == {"bias_terms": 6}  # conv and BN called twice, conv, aux

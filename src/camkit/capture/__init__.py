@@ -10,6 +10,8 @@
   its own module, and batch-norm-folded channels-last copies;
 - :mod:`~camkit.capture.batches`: model evaluations in batches under a memory budget;
 - :mod:`~camkit.capture.attention`: a transformer's attention probabilities in the graph;
+- :mod:`~camkit.capture.detectors`: per-box gradients of detectors where their scores read
+  the features (a proposal's RoI row, a pyramid level's head output);
 - :mod:`~camkit.capture.layer_pass`: what one pass hands to every method.
 """
 
@@ -22,6 +24,7 @@ from .batches import (
     input_scorer,
     run_items,
 )
+from .detectors import DetectorRecord, detector_gradients, recording_detector
 from .folding import forget, forward_model
 from .hooks import (
     Capture,
@@ -43,10 +46,11 @@ from .layers import LayerSpec, Reshape, choose_layer, find_layer, module_name, t
 
 __all__ = [
     "BATCH_OPTIONS", "Batching", "BlockAttention", "Capture", "DEFAULT_MAX_BATCH_MEMORY",
-    "LayerNotReachedError", "LayerPass", "LayerSpec", "Reshape", "batched_grad", "batched_grads",
-    "borrowed", "choose_layer", "find_layer", "forget", "forward_bytes", "forward_model",
-    "input_scorer",
+    "DetectorRecord", "LayerNotReachedError", "LayerPass", "LayerSpec", "Reshape",
+    "batched_grad", "batched_grads", "borrowed", "choose_layer", "detector_gradients",
+    "find_layer", "forget", "forward_bytes", "forward_model", "input_scorer",
     "layer_gradients_for_inputs", "layer_hook", "model_lock", "module_name",
-    "module_output_gradients", "recording_attention", "rescorer_for_activations",
-    "rescorer_for_inputs", "run_forward", "run_forward_layers", "run_items", "to_spatial",
+    "module_output_gradients", "recording_attention", "recording_detector",
+    "rescorer_for_activations", "rescorer_for_inputs", "run_forward", "run_forward_layers",
+    "run_items", "to_spatial",
 ]

@@ -283,9 +283,10 @@ def module_output_gradients(
     """One forward pass from the first input and one backward pass per target: the gradients
     of ``score(outputs, None)`` ``(B, K)`` with respect to the first input,
     ``(B, K, *x.shape[1:])``, and to the output of every call of each of ``modules``, as
-    ``(module, (B, K, ...))`` pairs in call order (a module called twice appears twice).
-    Each output reaches the network as a copy, so a later in-place operation cannot change
-    what is differentiated."""
+    ``(module, (B, K, ...))`` pairs in call order (a module called twice appears twice; zeros
+    for an output the scores do not depend on, such as an auxiliary head's). Each output
+    reaches the network as a copy, so a later in-place operation cannot change what is
+    differentiated."""
     outputs: list[tuple[nn.Module, Tensor]] = []
 
     def keeper(module: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -301,7 +302,8 @@ def module_output_gradients(
             hooks.enter_context(layer_hook(module, keeper(module)))
         scores = score(model(x, *inputs[1:]), None)
         wrt = [x, *(t for _, t in outputs)]
-        per_target = [torch.autograd.grad(scores[:, k].sum(), wrt, retain_graph=True)
+        per_target = [torch.autograd.grad(scores[:, k].sum(), wrt, retain_graph=True,
+                                          allow_unused=True, materialize_grads=True)
                       for k in range(scores.shape[1])]
     grads = [torch.stack(g, dim=1).float() for g in zip(*per_target, strict=True)]
     return grads[0], [(m, g) for (m, _), g in zip(outputs, grads[1:], strict=True)]
@@ -333,8 +335,15 @@ def gradient_and_hessian_product(scores: Tensor, activation: Tensor) -> tuple[Te
         (g,) = torch.autograd.grad(scores[:, k].sum(), activation, create_graph=True)
         product = None
         if g.requires_grad:
-            (product,) = torch.autograd.grad(g, activation, grad_outputs=activation.detach(),
-                                             retain_graph=True, allow_unused=True)
+            try:
+                (product,) = torch.autograd.grad(g, activation, grad_outputs=activation.detach(),
+                                                 retain_graph=True, allow_unused=True)
+            except RuntimeError as error:
+                if "double backward" not in str(error):
+                    raise
+                raise ValueError(
+                    f"this method needs second derivatives after the layer, and an operation "
+                    f"of the model has none ({error}); a detector's RoI align is one") from error
         grads.append(g.detach())
         products.append(torch.zeros_like(g) if product is None else product.detach())
     return torch.stack(grads, dim=1), torch.stack(products, dim=1)

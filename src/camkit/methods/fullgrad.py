@@ -3,7 +3,11 @@ into the input-gradient term and one bias-gradient term per bias of the network,
 a saliency map and summed. It explains the whole network, so the target layer is unused.
 
 The biases are those of every ``Conv2d`` and every ``BatchNorm2d`` in eval mode (its effective
-bias ``β − γ μ / √(σ² + ε)``, the bias of the affine map it computes). Cost: one forward pass
+bias ``β − γ μ / √(σ² + ε)``, the bias of the affine map it computes) whose output is a map of
+the images ``(B, C, h, w)``: a detector's box and mask heads run their convolutions on one
+``(C, s, s)`` crop per proposal, which is no map of the image, and are left out (counted in
+``notes["fullgrad"]["not_image_maps"]``); a bias whose output the target does not depend on
+(an auxiliary head) adds nothing. Cost: one forward pass
 from the input and one backward pass per target. Raw maps are at input resolution
 ``(B, K, H, W)``.
 """
@@ -60,9 +64,13 @@ def _fullgrad(layer_pass: LayerPass) -> Tensor:
     biased = [m for m in model.modules() if effective_bias(m) is not None]
     input_grad, module_grads = module_output_gradients(model, biased, layer_pass.inputs,
                                                        layer_pass.output_scorer)
+    maps = [(module, grad) for module, grad in module_grads  # not a detector's per-RoI maps
+            if grad.dim() == 5 and grad.shape[0] == x.shape[0]]
     terms = (grad * effective_bias(module).float()[:, None, None]  # type: ignore[union-attr]
-             for module, grad in module_grads)
-    layer_pass.notes["fullgrad"] = {"bias_terms": len(module_grads)}
+             for module, grad in maps)
+    layer_pass.notes["fullgrad"] = {"bias_terms": len(maps)}
+    if len(maps) < len(module_grads):
+        layer_pass.notes["fullgrad"]["not_image_maps"] = len(module_grads) - len(maps)
     return fullgrad(input_grad * x[:, None].float(), terms, layer_pass.input_size)
 
 
