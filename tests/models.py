@@ -49,3 +49,28 @@ class LinearScore(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         score = (self.weight * x).sum(dim=(1, 2, 3))
         return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def metric_case(targets: list[list[int]], size: tuple[int, int], seed: int
+                ) -> tuple[TinyCNN, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator]:
+    """A seeded 5-class :class:`TinyCNN`, random images ``(B, 3, H, W)`` and maps
+    ``(B, K, H, W)`` for ``targets`` ``(B, K)``, and the generator that drew them (for more
+    draws in the same stream)."""
+    torch.manual_seed(0)
+    model = TinyCNN(classes=5).eval()
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.tensor(targets)
+    x = torch.randn(chosen.shape[0], 3, *size, generator=g)
+    maps = torch.rand(*chosen.shape, *size, generator=g)
+    return model, x, maps, chosen, g
+
+
+def labelled_case(images: int, size: int) -> tuple[TinyCNN, list[dict[str, object]]]:
+    """A seeded 4-class :class:`TinyCNN` and ``images`` random ``(3, size, size)`` samples
+    labelled 0, 1, 2, 3, 0, … (a data set for :func:`camkit.evaluate`)."""
+    torch.manual_seed(0)
+    model = TinyCNN(classes=4).eval()
+    g = torch.Generator().manual_seed(1)
+    data = [{"image": torch.randn(3, size, size, generator=g), "label": i % 4}
+            for i in range(images)]
+    return model, data

@@ -23,7 +23,7 @@ from camkit.metrics import (
     sparseness,
 )
 from camkit.metrics.robustness import method_explainer
-from tests.models import TinyCNN
+from tests.models import labelled_case
 
 OPTIONS = {"road": {"percentages": (20, 60)}, "road-morf": {"percentages": (20, 60)},
            "road-lerf": {"percentages": (20, 60)}, "pixel-flipping": {"steps": 8},
@@ -32,11 +32,7 @@ OPTIONS = {"road": {"percentages": (20, 60)}, "road-morf": {"percentages": (20, 
 
 @pytest.fixture
 def setup():
-    torch.manual_seed(0)
-    model = TinyCNN(classes=4).eval()
-    g = torch.Generator().manual_seed(1)
-    data = [{"image": torch.randn(3, 14, 14, generator=g), "label": i % 4} for i in range(4)]
-    return model, data
+    return labelled_case(4, 14)
 
 
 def test_cells_equal_the_metric_functions(setup):

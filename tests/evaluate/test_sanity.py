@@ -16,7 +16,7 @@ from PIL import Image
 from camkit.cli.evaluate import add_parser
 from camkit.evaluate.sanity import sanity_check, shown_maps
 from camkit.metrics import model_explainer, parameter_randomisation, passes
-from tests.models import TinyCNN
+from tests.models import labelled_case
 
 
 def run_cli(argv: list[str]) -> int:
@@ -28,11 +28,7 @@ def run_cli(argv: list[str]) -> int:
 
 @pytest.fixture
 def setup():
-    torch.manual_seed(0)
-    model = TinyCNN(classes=4).eval()
-    g = torch.Generator().manual_seed(1)
-    data = [{"image": torch.randn(3, 16, 16, generator=g), "label": i % 4} for i in range(5)]
-    return model, data
+    return labelled_case(5, 16)
 
 
 def test_sanity_check_collects_curves_and_verdicts(setup):

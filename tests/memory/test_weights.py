@@ -70,19 +70,24 @@ def value_half_score(memory: BiasReducingMemory, queries: Tensor) -> Tensor:
     return (p @ memory.values) @ memory.fc.weight[:, : memory.channels].T
 
 
+def assert_autograd_rows(alpha, queries, score) -> None:
+    """``alpha[b, k]`` equals autograd's gradient of the scalar ``score(q, b, k)`` at the one
+    query ``q = queries[b:b+1]``, image by image and target by target."""
+    for b in range(alpha.shape[0]):
+        for k in range(alpha.shape[1]):
+            q = queries[b:b + 1].clone().requires_grad_(True)
+            expected, = torch.autograd.grad(score(q, b, k), q)
+            assert torch.allclose(alpha[b, k], expected[0], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.1])
 def test_value_base_is_the_autograd_gradient_of_the_value_half(temperature: float) -> None:
     """Against autograd, one image and one class at a time, at the paper's T and camkit's."""
     memory = random_memory(slots=7, temperature=temperature)
     queries = torch.rand(3, 6, generator=torch.Generator().manual_seed(2))
     targets = torch.tensor([[0, 2], [1, 4], [3, 3]])
-    alpha = value_gradient(memory, queries, targets)
-    for b in range(3):
-        for k in range(2):
-            q = queries[b:b + 1].clone().requires_grad_(True)
-            score = value_half_score(memory, q)[0, targets[b, k]]
-            expected, = torch.autograd.grad(score, q)
-            assert torch.allclose(alpha[b, k], expected[0], rtol=1e-4, atol=1e-6)
+    assert_autograd_rows(value_gradient(memory, queries, targets), queries,
+                         lambda q, b, k: value_half_score(memory, q)[0, targets[b, k]])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.1])
@@ -91,13 +96,9 @@ def test_address_base_is_the_autograd_gradient_of_the_found_slots_log_address(
     memory = random_memory(slots=7, temperature=temperature)
     queries = torch.rand(3, 6, generator=torch.Generator().manual_seed(3))
     slots = torch.tensor([[0, 6], [2, 2], [5, 1]])
-    alpha = address_gradient(memory, queries, slots)
-    for b in range(3):
-        for k in range(2):
-            q = queries[b:b + 1].clone().requires_grad_(True)
-            log_p = memory.key_address_logits(q).log_softmax(dim=1)[0, slots[b, k]]
-            expected, = torch.autograd.grad(log_p, q)
-            assert torch.allclose(alpha[b, k], expected[0], rtol=1e-4, atol=1e-6)
+    assert_autograd_rows(
+        address_gradient(memory, queries, slots), queries,
+        lambda q, b, k: memory.key_address_logits(q).log_softmax(dim=1)[0, slots[b, k]])
 
 
 def test_value_base_map_is_gradcam_of_the_value_half_times_the_positions() -> None:

@@ -10,7 +10,7 @@ from torch import nn
 
 from camkit.metrics import faithfulness_correlation, random_subsets
 from camkit.metrics.correlation import subset_attributions, subset_drops
-from tests.models import LinearScore, TinyCNN
+from tests.models import LinearScore, metric_case
 
 
 def slow_correlation(model, x, maps, targets, subsets):
@@ -38,12 +38,7 @@ def slow_correlation(model, x, maps, targets, subsets):
 
 
 def test_equals_the_loop():
-    torch.manual_seed(0)
-    model = TinyCNN(classes=5).eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 6, 6, generator=g)
-    maps = torch.rand(2, 2, 6, 6, generator=g)
-    targets = torch.tensor([[0, 3], [2, 2]])
+    model, x, maps, targets, _ = metric_case([[0, 3], [2, 2]], (6, 6), seed=1)
     subsets = random_subsets(x, 8, 5, seed=3)
     fast = faithfulness_correlation(model, x, maps, targets, subsets=subsets, batch_size=5)
     assert torch.allclose(fast, slow_correlation(model, x, maps, targets, subsets), atol=1e-4)

@@ -26,7 +26,7 @@ from camkit.metrics import (
 )
 from camkit.metrics.faithfulness import baseline_image, saliency_ranks, step_counts
 from camkit.metrics.scoring import make_scorer, sigmoid_confidence, softmax_confidence
-from tests.models import TinyCNN
+from tests.models import metric_case
 
 
 class MeanLogit(nn.Module):
@@ -40,13 +40,7 @@ class MeanLogit(nn.Module):
 
 @pytest.fixture
 def case():
-    torch.manual_seed(0)
-    model = TinyCNN(classes=5).eval()
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 3, 6, 6, generator=g)
-    maps = torch.rand(3, 2, 6, 6, generator=g)
-    targets = torch.tensor([[0, 4], [2, 2], [1, 3]])
-    return model, x, maps, targets
+    return metric_case([[0, 4], [2, 2], [1, 3]], (6, 6), seed=3)[:4]
 
 
 def slow_confidence(model, image, cls, confidence=softmax_confidence):

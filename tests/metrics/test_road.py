@@ -14,7 +14,7 @@ from camkit.metrics.road import (
     road_combined,
 )
 from camkit.metrics.robustness import Noise
-from tests.models import TinyCNN
+from tests.models import metric_case
 from tests.reference import linear_imputation_reference
 
 PERCENTAGES = (10, 50, 90)
@@ -22,12 +22,7 @@ PERCENTAGES = (10, 50, 90)
 
 @pytest.fixture
 def case():
-    torch.manual_seed(0)
-    model = TinyCNN(classes=5).eval()
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 3, 7, 6, generator=g)
-    maps = torch.rand(2, 2, 7, 6, generator=g)
-    targets = torch.tensor([[0, 4], [2, 1]])
+    model, x, maps, targets, g = metric_case([[0, 4], [2, 1]], (7, 6), seed=3)
     noise = 0.05 * torch.randn(2, 3, 7, 6, generator=g)
     return model, x, maps, targets, noise
 

@@ -18,7 +18,7 @@ from camkit.metrics import (
     method_explainer,
 )
 from camkit.metrics.scoring import softmax_confidence
-from tests.models import TinyCNN
+from tests.models import metric_case
 
 
 class PixelLinear(nn.Module):
@@ -43,13 +43,7 @@ def linear():
 
 @pytest.fixture
 def tiny_case():
-    torch.manual_seed(0)
-    model = TinyCNN(classes=5).eval()
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(3, 3, 8, 8, generator=g)
-    maps = torch.rand(3, 1, 8, 8, generator=g)
-    targets = torch.tensor([[1], [4], [0]])
-    return model, x, maps, targets
+    return metric_case([[1], [4], [0]], (8, 8), seed=4)[:4]
 
 
 def test_infidelity_is_zero_for_the_exact_attribution_of_a_linear_model(linear):
