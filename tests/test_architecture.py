@@ -13,7 +13,7 @@ PACKAGE = SRC / "camkit"
 
 # docs/architecture.md, bottom up: the first path prefix that matches gives a module's layer.
 LAYERS = {
-    1: ("targets", "segmentation", "detection", "fusion", "postprocess", "progress",
+    1: ("targets", "heads", "segmentation", "detection", "fusion", "postprocess", "progress",
         "artifacts", "data"),
     2: ("capture",),
     3: ("methods", "dff"),

@@ -10,14 +10,14 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.detection import BoxScoreTarget
-from camkit.targets import (
+from camkit.heads import (
     BinaryClassifierOutputTarget,
     ClassifierOutputSigmoidTarget,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
     RawScoresOutputTarget,
-    resolve,
 )
+from camkit.targets import resolve
 from tests.models import TinyDeepHead
 
 

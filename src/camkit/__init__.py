@@ -10,14 +10,14 @@ from .detection import BoxScoreTarget
 from .dff import Concepts, factorize
 from .evaluate import EvaluationResults, available_metrics, evaluate
 from .explanation import Explanation
-from .segmentation import SemanticSegmentationTarget
-from .targets import (
+from .heads import (
     BinaryClassifierOutputTarget,
     ClassifierOutputSigmoidTarget,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
     RawScoresOutputTarget,
 )
+from .segmentation import SemanticSegmentationTarget
 
 __version__ = "0.1.0"
 

@@ -30,7 +30,7 @@ def logits_of(outputs: Any) -> Tensor:
     Accepts a tensor, a tuple/list (first element), a dict (``"logits"`` or its only tensor)
     and any object with a ``.logits`` attribute (Hugging Face ``ModelOutput``).
     """
-    return _two_dimensional(output_tensor(outputs))
+    return two_dimensional(output_tensor(outputs))
 
 
 def output_tensor(outputs: Any) -> Tensor:
@@ -65,7 +65,8 @@ def output_tensor(outputs: Any) -> Tensor:
     return logits
 
 
-def _two_dimensional(logits: Tensor) -> Tensor:
+def two_dimensional(logits: Tensor) -> Tensor:
+    """``logits`` when they are ``(B, n_classes)`` class scores, else a clear error."""
     if logits.dim() != 2:
         raise ValueError(
             f"class scores must be (B, n_classes), the model gave {tuple(logits.shape)}; "
@@ -178,68 +179,6 @@ class Finer(Target):
         return ((probs * gap).sum(dim=1) / total)[:, None]
 
 
-ClassSpec = None | int | Sequence | Tensor  # the class forms of ``targets``
-
-
-@dataclass
-class ClassTarget(Target):
-    """Classes in any class form of ``targets`` (``None``: the predicted one), read from
-    :meth:`class_scores` of the model's score tensor instead of the logits themselves."""
-
-    classes: ClassSpec = None
-
-    def indices(self, outputs: Any) -> Tensor:
-        scores = _two_dimensional(self.class_scores(output_tensor(outputs)))
-        return cast(Tensor, resolve(self.classes, scores, scores.shape[0]).indices)
-
-    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
-        scores = _two_dimensional(self.class_scores(output_tensor(outputs)))
-        return scores.gather(1, self.indices(outputs))
-
-
-class ClassifierOutputTarget(ClassTarget):
-    """The logit ``z_c`` of each class: the same as giving the classes as ``targets``."""
-
-
-class ClassifierOutputSoftmaxTarget(ClassTarget):
-    """The softmax probability ``p_c = exp(z_c) / Σ_j exp(z_j)`` of each class, not its logit
-    ``z_c`` (its gradient also pushes the other classes down)."""
-
-    def class_scores(self, logits: Tensor) -> Tensor:
-        return logits.softmax(dim=1)
-
-
-class ClassifierOutputSigmoidTarget(ClassTarget):
-    """The sigmoid probability ``σ(z_c)`` of each class, for multi-label heads whose classes
-    are independent (give the ``(B, K)`` indices of the positive classes)."""
-
-    def class_scores(self, logits: Tensor) -> Tensor:
-        return logits.sigmoid()
-
-
-class BinaryClassifierOutputTarget(ClassTarget):
-    """A one-logit binary head (output ``z`` of shape ``(B,)`` or ``(B, 1)``): class 1 scores
-    ``z``, class 0 scores ``−z``; ``None`` picks the predicted class (1 where ``z > 0``)."""
-
-    def class_scores(self, logits: Tensor) -> Tensor:
-        z = logits.reshape(logits.shape[0], -1)
-        if z.shape[1] != 1:
-            raise ValueError(
-                f"a binary head has one logit per image, this model gives {z.shape[1]}; use "
-                "class indices (or ClassifierOutputSigmoidTarget for multi-label heads)"
-            )
-        return torch.cat([-z, z], dim=1)
-
-
-class RawScoresOutputTarget(Target):
-    """The model's output as it is, one map per output value: a regression head, a single
-    logit, an embedding (``(B,)``, ``(B, K)`` or any ``(B, ...)``, flattened)."""
-
-    def scores(self, outputs: Any, rows: Tensor | None = None) -> Tensor:
-        scores = output_tensor(outputs)
-        return scores.reshape(scores.shape[0], -1)
-
-
 @dataclass
 class PerImage(Target):
     """pytorch-grad-cam's form, one target object per image: image ``b`` is scored by
@@ -302,7 +241,7 @@ class ScoreFn:
         if self.indices is None:
             raise ValueError("a score function needs class indices or a custom score")
         logits = (logits_of(outputs) if self.view is None
-                  else _two_dimensional(self.view(output_tensor(outputs))))
+                  else two_dimensional(self.view(output_tensor(outputs))))
         idx = self.indices if rows is None else self.indices[rows.to(self.indices.device)]
         return logits.gather(1, idx.to(logits.device))
 
@@ -328,7 +267,7 @@ def resolve(targets: TargetSpec, outputs: Any, batch: int) -> ScoreFn:
         bound = targets.bind(outputs)
         indices = bound.indices(outputs)
         if indices is not None:
-            n_classes = _two_dimensional(bound.class_scores(output_tensor(outputs))).shape[1]
+            n_classes = two_dimensional(bound.class_scores(output_tensor(outputs))).shape[1]
             return ScoreFn(_checked(indices, n_classes, batch), None, bound.class_scores)
         return ScoreFn(None, bound.scores)
     if callable(targets) and not isinstance(targets, Tensor):
