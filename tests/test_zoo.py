@@ -73,6 +73,20 @@ def test_lite0_default_layer_is_the_post_activation_head(lite: LoadedModel) -> N
     assert "_swish" not in dict(lite.model.named_children())  # no module fires twice
 
 
+def test_lite0_runs_through_the_folded_copy(lite: LoadedModel) -> None:
+    """The head's batch norm + activation module traces (torch.fx), so explain's forward pass
+    runs the folded channels-last copy, with the maps of the model itself."""
+    from camkit import explain
+    from camkit.capture import folding
+
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    fast = explain(lite.model, x, None, "gradcam", lite.layer)
+    kept = folding._kept[lite.model]
+    assert kept.model is not None and not kept.problem
+    plain = explain(lite.model, x, None, "gradcam", lite.layer, fast=False)
+    torch.testing.assert_close(fast["gradcam"], plain["gradcam"], rtol=0, atol=1e-4)
+
+
 def test_torchvision_random_init(resnet18: LoadedModel) -> None:
     assert resnet18.layer == "layer4" and resnet18.input_size == 224
     assert not resnet18.model.training

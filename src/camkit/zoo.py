@@ -203,6 +203,10 @@ class _NormAct(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(super().forward(x))
 
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if not isinstance(input, torch.fx.Proxy):  # torch.fx traces it for the folded copy
+            super()._check_input_dim(input)
+
 
 def _load_lite(arch: str, weights: PathLike | None, random_init: bool) -> LoadedModel:
     """EfficientNet-Lite from the ``efficientnet-lite-pytorch`` package, made hookable.
