@@ -113,6 +113,7 @@ class Peer:
     targets: Callable[[Tensor], object] = lambda classes: classes
     options: tuple[tuple[str, object], ...] = ()
     note: str = ""
+    up_to_sign: bool = False  # a principal vector's sign is arbitrary: compare either sign
 
 
 def _grad_cam(name: str, target: str = "ClassifierOutputTarget", **smoothing: bool
@@ -138,7 +139,9 @@ PEERS = [
          _as_grad_cam, lambda classes: Finer(),
          note="three nearest classes by logit, α = 1; grad-cam's default base method"),
     Peer("gradcam eigen_smooth", "gradcam", "grad-cam", _grad_cam("GradCAM", eigen_smooth=True),
-         _as_grad_cam, options=(("eigen_smooth", True),)),
+         _as_grad_cam, options=(("eigen_smooth", True),), up_to_sign=True,
+         note="up to the principal vector's sign: camkit turns it towards the strong features, "
+              "grad-cam keeps the SVD's"),
     Peer("gradcam aug_smooth", "gradcam", "grad-cam", _grad_cam("GradCAM", aug_smooth=True),
          lambda raw, public: public, options=(("aug_smooth", True),),
          note="grad-cam averages its six normalised maps and stops; camkit normalises the "
@@ -235,14 +238,27 @@ def maps(case: Case) -> list[Row]:
         theirs[peer.name] = peer.call(case, x, classes)
         if peer.name == "gradcam aug_smooth":
             theirs[peer.name] = minmax(theirs[peer.name])
+        note = peer.note
+        if peer.up_to_sign:
+            ours, flipped = nearer_sign(peer, method, ours, theirs[peer.name])
+            note += f" ({flipped} of {len(ours)} maps of the other sign)"
         goal = None if peer.name in DIFFERENT else SAME
         rows.append(row(MAPS, f"{case.name} {peer.name} vs {peer.library}",
-                        max_diff(ours, theirs[peer.name]), "max |Δ|", peer.note, goal))
+                        max_diff(ours, theirs[peer.name]), "max |Δ|", note, goal))
     variant = as_torchcam(torchcam_smooth_variant(case, x, classes), True)
     rows.append(row(MAPS, f"{case.name} smoothgradcam++ explained: torchcam's variant",
                     max_diff(variant, theirs["smoothgradcam++"]), "max |Δ|",
                     "the same noise, torchcam's three choices recomputed", SAME))
     return rows
+
+
+def nearer_sign(peer: Peer, raw: Tensor, ours: Tensor, theirs: Tensor) -> tuple[Tensor, int]:
+    """camkit's maps ``(B, H, W)`` brought to the peer from ``raw`` or ``-raw``, whichever is
+    nearer the peer's map, image by image; and how many took ``-raw``."""
+    flipped = peer.camkit_as_peer(-raw, ours)
+    flip = ((flipped - theirs).abs().flatten(1).amax(1)
+            < (ours - theirs).abs().flatten(1).amax(1))
+    return torch.where(flip[:, None, None], flipped, ours), int(flip.sum())
 
 
 def speed(case: Case) -> list[Row]:

