@@ -43,22 +43,26 @@ def borrowed(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
 
     One thread at a time borrows a given model (the others wait). With ``eval_mode=False``
     the buffers (BatchNorm running statistics) are restored too: training-mode forwards
-    update them, and explaining must not change the model."""
+    update them, and explaining must not change the model. Flags are written only where they
+    change (setting one costs far more than reading it, on every call)."""
     with model_lock(model):
         training = [(m, m.training) for m in model.modules()]
         requires = [(p, p.requires_grad) for p in model.parameters()]
         buffers = [] if eval_mode else [(b, b.clone()) for b in model.buffers()]
         try:
-            if eval_mode:
+            if eval_mode and any(flag for _, flag in training):
                 model.eval()
-            for p, _ in requires:
-                p.requires_grad_(False)
+            for p, flag in requires:
+                if flag:
+                    p.requires_grad_(False)
             yield
         finally:
             for m, flag in training:
-                m.training = flag
+                if m.training != flag:
+                    m.training = flag
             for p, flag in requires:
-                p.requires_grad_(flag)
+                if p.requires_grad != flag:
+                    p.requires_grad_(flag)
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
