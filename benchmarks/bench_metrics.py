@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -20,7 +22,7 @@ from camkit.evaluate import DEFAULT_METRICS, evaluate
 from camkit.zoo import load_model
 from common import Row, interleaved_samples, median_time, paired_ratio, row, settings, setup
 
-TIME, OVERHEAD = "metric-time", "harness-overhead"
+TIME, OVERHEAD, COMPILE = "metric-time", "harness-overhead", "metric-compile"
 ROUNDS = 9  # timed rounds of the overhead comparison (each runs 4 × 6 explanations of 8 images)
 SIX = ("cam", "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 # Model evaluations per image and target that each metric needs at its defaults (the floor).
@@ -49,6 +51,14 @@ DESCRIPTIONS = {
         "metric needs. Goal rows: deletion and insertion against the 17 plain forward passes "
         "they need, max-Sensitivity against its 10 explanations (the same method's explain "
         "time per image in the same run), the worst of the six methods."
+    ),
+    COMPILE: (
+        "Deletion (16 steps) of the 8 photos' Grad-CAM maps through `torch.compile(model)` "
+        "(inductor, static shapes, chunks of 32) against the same call on the model itself, "
+        "which the metric runs through its folded channels-last copy; median of per-round "
+        "ratios, timed round-robin after the compiling call. The metrics take no `compile` "
+        "option: a user who wants one passes the compiled model (it cannot be folded, so it "
+        "runs as compiled)."
     ),
     OVERHEAD: (
         "Wall time of `camkit.evaluate(model, items, six methods, metrics=[])` on 8 preloaded "
@@ -112,6 +122,28 @@ def cost_goals(arch: str, results: camkit.EvaluationResults, forward: float) -> 
     return rows
 
 
+def compiled_deletion(arch: str) -> list[Row]:
+    model, layer, _, x = images(arch, 8)
+    expl = camkit.explain(model, x, None, "gradcam", layer)
+
+    def deletion(net: torch.nn.Module) -> Callable[[], object]:
+        return lambda: camkit.metrics.deletion_auc(net, x, expl["gradcam"], expl.targets,
+                                                   batch_size=32)
+
+    compiled = torch.compile(model, dynamic=False)
+    began = time.perf_counter()
+    values = deletion(compiled)()
+    compile_seconds = time.perf_counter() - began
+    difference = float((values - deletion(model)()).abs().max())
+    _, repeats = settings()
+    times = interleaved_samples({"plain": deletion(model), "compiled": deletion(compiled)},
+                                warmup=1, repeats=min(repeats, ROUNDS))
+    return [row(COMPILE, f"{arch}: deletion with torch.compile(model) / without",
+                paired_ratio(times["compiled"], times["plain"]), "×",
+                f"first call (compiling) {compile_seconds:.1f} s; values differ by "
+                f"{difference:.1e}")]
+
+
 def overhead(model: torch.nn.Module, layer: str, items: list[dict], x: torch.Tensor
              ) -> list[Row]:
     def bare() -> None:
@@ -155,4 +187,5 @@ def run() -> list[Row]:
     for arch in MODELS:
         model, layer, items, x = images(arch, n)
         rows += metric_times(arch, model, layer, items, x)
-    return rows + overhead(*images(MODELS[0], n))
+    rows += overhead(*images(MODELS[0], n))
+    return rows + [r for arch in MODELS[:2] for r in compiled_deletion(arch)]

@@ -146,6 +146,21 @@ def test_metric_batching_knobs_keep_the_values(model):
                                        err_msg=metric)
 
 
+def test_a_compiled_scoring_model_keeps_the_values(model):
+    """torch.compile is the metrics' compile option: ``scoring_model=torch.compile(model)``
+    scores every perturbed input compiled while the explanations run the model itself."""
+    items = multilabel_data()
+    metrics = ["average-drop", "deletion"]
+    options = {m: FAST[m] for m in metrics if m in FAST}
+    runs = [evaluate(model, items, "gradcam", metrics, "features", metric_options=options,
+                     metric_batch_size=8, progress=False, scoring_model=scoring)
+            for scoring in (None, torch.compile(model))]
+    for metric in metrics:
+        np.testing.assert_allclose(runs[1].values["gradcam"][metric],
+                                   runs[0].values["gradcam"][metric], rtol=1e-4, atol=1e-6,
+                                   err_msg=metric)
+
+
 def test_single_label_data_uses_the_prediction_and_softmax(model):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, 3, SIZE, SIZE, generator=g)

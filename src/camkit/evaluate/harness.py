@@ -60,7 +60,7 @@ class _Evaluation:
                  seed: int) -> None:
         self.model, self.methods, self.metrics, self.layer = model, methods, metrics, layer
         self.target_mode, self.task, self.confidence_spec = targets, task, confidence
-        self.scoring_model = scoring_model or model
+        self.scoring_model = model if scoring_model is None else scoring_model
         self.method_options, self.metric_options = method_options, metric_options
         self.batching, self.seed = batching, seed
         self.device = model_device(model)
@@ -250,7 +250,8 @@ def evaluate(
         task: ``"single-label"`` or ``"multi-label"``; ``None`` reads it from the labels.
         confidence: ``"softmax"``, ``"sigmoid"``, ``"logit"`` or a function of the logits;
             ``None`` picks the task's.
-        scoring_model: the one model that scores every method (default ``model``).
+        scoring_model: the one model that scores every method (default ``model``);
+            ``torch.compile(model)`` compiles the metrics' passes (fix ``metric_batch_size``).
         method_options: per method, keyword options for ``camkit.explain``
             (``{"mcam": {"memory": memory}}``).
         metric_options: per metric, keyword options (``{"deletion": {"steps": 32}}``,
