@@ -20,18 +20,20 @@ PartSettings = Any  # one of the *Settings dataclasses below
 class ClassicSettings:
     """The classic part: the quokka plus ``images`` foolbox ImageNet samples; the cost knobs
     of the perturbation methods (Score-CAM family on the ``max_channels`` channels of largest
-    variance with ``num_samples`` samples; occlusion window and stride in input pixels)."""
+    variance with ``num_samples`` samples; occlusion window and stride in input pixels; RISE
+    with ``num_masks`` masks: its default 4,000 take about 53 s per photo on 2 CPU cores)."""
 
     images: int = 2
     max_channels: int = 64
     num_samples: int = 2
     window: int = 48
     stride: int = 24
+    num_masks: int = 1000
 
     def options(self) -> dict[str, int]:
         """The ``camkit.explain`` options (each method takes those it declares)."""
         return {"max_channels": self.max_channels, "num_samples": self.num_samples,
-                "window": self.window, "stride": self.stride}
+                "window": self.window, "stride": self.stride, "num_masks": self.num_masks}
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ DEFAULTS: dict[str, PartSettings] = {
 
 
 QUICK: dict[str, PartSettings] = {
-    "classic": ClassicSettings(images=0, max_channels=16, num_samples=1, window=112, stride=56),
+    "classic": ClassicSettings(images=0, max_channels=16, num_samples=1, window=112, stride=56,
+                               num_masks=100),
     "mcam": McamSettings(train=600, test=48, steps=120, memory_epochs=5),
     "embedding": EmbeddingSettings(train=180, test=60, steps=80),
 }
