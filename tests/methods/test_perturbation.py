@@ -473,11 +473,15 @@ def test_sign_correction_only_flips_the_sign(method):
 
 
 @pytest.mark.parametrize("positions, channels", [(12, 40), (40, 12)])
-def test_eigen_projection_is_the_svd_projection_through_either_gram_matrix(positions, channels):
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_eigen_projection_is_the_svd_projection_through_either_gram_matrix(positions, channels,
+                                                                            offset):
     """Both Gram routes (``O Oᵀ`` when P ≤ C, ``Oᵀ O`` otherwise) against a float64 SVD, and
-    the sign: positive correlation with the summed centred activation."""
+    the sign: positive correlation with the summed centred activation. With channel means far
+    larger than their spread (``offset``) too: the columns are centred before any product."""
     torch.manual_seed(5)
     features = torch.relu(torch.randn(4, positions, channels)) * torch.rand(4, positions, 1)
+    features = features + offset * torch.rand(4, 1, channels)
     got = principal_projection(features).double()
     centred = features.double() - features.double().mean(dim=1, keepdim=True)
     first = torch.linalg.svd(centred, full_matrices=False).Vh[:, 0]
@@ -487,8 +491,9 @@ def test_eigen_projection_is_the_svd_projection_through_either_gram_matrix(posit
         torch.testing.assert_close(got[n], expected, rtol=0, atol=1e-5 * expected.abs().max())
 
 
-def test_eigen_projection_is_nan_safe():
-    features = torch.randn(3, 10, 4)
+@pytest.mark.parametrize("positions, channels", [(10, 4), (4, 10)])
+def test_eigen_projection_is_nan_safe(positions, channels):
+    features = torch.randn(3, positions, channels)
     broken = features.clone()
     broken[0, 2, 1] = float("nan")
     broken[1, 0, 0] = float("inf")

@@ -32,16 +32,32 @@ def principal_projection(features: Tensor) -> Tensor:
     a 49×49 eigenproblem, ≈ 10× faster than the SVD). A singular vector's sign is arbitrary;
     this one is fixed so that the projection correlates positively with the positions' summed
     centred activation ``O 𝟙`` (where the features are strong scores high)."""
-    o = features.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
-    o = o - o.mean(dim=1, keepdim=True)
+    o = centred(features)
     if o.shape[1] <= o.shape[2]:
-        values, vectors = torch.linalg.eigh(o @ o.transpose(1, 2))
+        gram = o @ o.transpose(1, 2)
+        if not torch.isfinite(gram).all():  # non-finite features: only then the cleaned copy
+            o = centred(features.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0))
+            gram = o @ o.transpose(1, 2)
+        values, vectors = torch.linalg.eigh(gram)
         projection = vectors[..., -1] * values[:, -1:].clamp(min=0).sqrt()
     else:
+        o = centred(features.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0))
         vectors = torch.linalg.eigh(o.transpose(1, 2) @ o).eigenvectors
         projection = (o @ vectors[..., -1:])[..., 0]
     sign = (projection * o.sum(dim=2)).sum(dim=1, keepdim=True).sign()
     return projection * torch.where(sign == 0, 1.0, sign)
+
+
+def centred(o: Tensor) -> Tensor:
+    """``O`` ``(N, P, C)`` with each column's mean over the positions subtracted."""
+    return o - o.mean(dim=1, keepdim=True)
+
+
+def double_centred(k: Tensor) -> Tensor:
+    """``K − 1K − K1 + 1K1`` with ``1 = 𝟙𝟙ᵀ/P``: the Gram matrix ``(N, P, P)`` of centred rows
+    from that of the rows themselves."""
+    return (k - k.mean(dim=1, keepdim=True) - k.mean(dim=2, keepdim=True)
+            + k.mean(dim=(1, 2), keepdim=True))
 
 
 def sign_corrected(projection: Tensor) -> Tensor:
@@ -107,9 +123,7 @@ def kernel_principal_projection(features: Tensor, kernel: str = "sigmoid",
     magnitude positive (the convention of scikit-learn's ``KernelPCA``)."""
     o = features.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
     o = o - o.mean(dim=1, keepdim=True)
-    k = kernel_matrix(o, kernel, 1.0 / o.shape[2] if gamma is None else gamma)
-    k = k - k.mean(dim=1, keepdim=True) - k.mean(dim=2, keepdim=True) + k.mean(dim=(1, 2),
-                                                                               keepdim=True)
+    k = double_centred(kernel_matrix(o, kernel, 1.0 / o.shape[2] if gamma is None else gamma))
     values, vectors = torch.linalg.eigh(k)
     top = vectors[..., -1]
     sign = top.gather(1, top.abs().argmax(dim=1, keepdim=True)).sign()
