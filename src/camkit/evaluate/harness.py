@@ -67,6 +67,7 @@ class _Evaluation:
         self.confidence: Confidence | None = None
         self.failures: list[Failure] = []
         self.pairs: dict[str, list[tuple[str, int]]] = {m: [] for m in methods}
+        self.explainers: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
         self.values: dict[str, dict[str, list[Tensor]]] = {
             m: {k: [] for k in metrics} for m in methods}
         self.explain_seconds = dict.fromkeys(methods, 0.0)
@@ -164,8 +165,12 @@ class _Evaluation:
             self.advance(len(batch.samples))
 
     def _explainer(self, method: str) -> Callable[[Tensor, Tensor], Tensor]:
-        return method_explainer(self.model, method, self.layer, seed=self.seed,
-                                **self.options(method))
+        """One explainer per method for the whole run: the chunk size max-Sensitivity finds
+        for it on the first batch is kept for the next ones."""
+        if method not in self.explainers:
+            self.explainers[method] = method_explainer(self.model, method, self.layer,
+                                                       seed=self.seed, **self.options(method))
+        return self.explainers[method]
 
     def _model_explainer(self, method: str) -> ModelExplainer:
         return model_explainer(method, layer_names(self.model, self.layer), seed=self.seed,
