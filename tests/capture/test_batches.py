@@ -32,12 +32,6 @@ def test_small_gains_do_not_grow_the_batch_and_the_cap_stops_it():
     assert walk(SizeSearch(cap=6), {4: 1.0, 6: 0.5}, 4) == [4, 4, 6, 6, 6]
 
 
-def test_a_search_can_start_at_the_callers_size():
-    auto = Batching("auto", max_batch_memory=1000)
-    assert walk(auto.sizes(100, start=8), {8: 1.0, 16: 0.5, 10: 0.4}, 3) == [8, 8, 10, 10]
-    assert Batching(5).sizes(100, start=8) == 5  # a fixed size stays fixed
-
-
 def test_a_short_last_batch_is_not_a_measurement():
     search = SizeSearch(cap=64)
     search.next_size(4, 100.0)  # warm-up

@@ -50,9 +50,6 @@ _found: OrderedDict[Hashable, int] = OrderedDict()  # the sizes searches found, 
 _REMEMBERED = 256
 
 
-SEARCH_START = 4  # items in the first batches of a size search
-
-
 @dataclass
 class SizeSearch:
     """The batch size that evaluates items fastest, found on the items themselves.
@@ -64,7 +61,7 @@ class SizeSearch:
 
     cap: int
     key: Hashable | None = None
-    start: int = SEARCH_START
+    start: int = 4
     gain: float = 0.05
     size: int = field(init=False)
     best: tuple[int, float] | None = field(init=False, default=None)
@@ -124,12 +121,11 @@ class Batching:
             return self.batch_size
         return max(1, int(self.max_batch_memory // max(1, item_bytes)))
 
-    def sizes(self, item_bytes: int, key: Hashable | None = None,
-              start: int = SEARCH_START) -> int | SizeSearch:
-        """:meth:`size_for`, or for ``batch_size="auto"`` a :class:`SizeSearch` below it
-        starting at ``start`` items, remembered under ``key``: what :func:`run_items` takes."""
+    def sizes(self, item_bytes: int, key: Hashable | None = None) -> int | SizeSearch:
+        """:meth:`size_for`, or for ``batch_size="auto"`` a :class:`SizeSearch` below it,
+        remembered under ``key``: what :func:`run_items` takes."""
         fits = self.size_for(item_bytes)
-        return SizeSearch(fits, key, start) if self.batch_size == AUTO else fits
+        return SizeSearch(fits, key) if self.batch_size == AUTO else fits
 
 
 def run_items(n_items: int, evaluate: Callable[[Tensor], Tensor], batch_size: int | SizeSearch,

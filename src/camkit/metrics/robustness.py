@@ -167,8 +167,7 @@ def max_sensitivity(
 
     batching = metric_batching(batch_size, max_batch_memory)
     size = batching.sizes(forward_bytes((x,)),
-                          ("sensitivity", id(explainer), tuple(x.shape[1:]), x.dtype),
-                          start=x.shape[0])  # first as many copies as the call's images
+                             ("sensitivity", id(explainer), tuple(x.shape[1:]), x.dtype))
     found = run_items(classes.shape[0], distances, size, device=x.device, desc="sensitivity",
                       progress=batching.progress)
     return found.view(x.shape[0], n, -1).amax(dim=1)
