@@ -32,8 +32,8 @@ def principal_projection(features: Tensor) -> Tensor:
     a 49×49 eigenproblem, ≈ 10× faster than the SVD). A singular vector's sign is arbitrary;
     this one is fixed so that the projection correlates positively with the positions' summed
     centred activation ``O 𝟙`` (where the features are strong scores high)."""
-    o = centred(features)
-    if o.shape[1] <= o.shape[2]:
+    if features.shape[1] <= features.shape[2]:
+        o = centred(features)
         gram = o @ o.transpose(1, 2)
         if not torch.isfinite(gram).all():  # non-finite features: only then the cleaned copy
             o = centred(features.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0))
