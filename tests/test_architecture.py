@@ -13,8 +13,8 @@ PACKAGE = SRC / "camkit"
 
 # docs/architecture.md, bottom up: the first path prefix that matches gives a module's layer.
 LAYERS = {
-    1: ("targets", "heads", "segmentation", "detection", "fusion", "postprocess", "progress",
-        "artifacts", "data"),
+    1: ("version", "targets", "heads", "segmentation", "detection", "fusion", "postprocess",
+        "progress", "artifacts", "data"),
     2: ("capture",),
     3: ("methods", "dff"),
     4: ("api", "explanation", "classes"),

@@ -18,8 +18,7 @@ from .heads import (
     RawScoresOutputTarget,
 )
 from .segmentation import SemanticSegmentationTarget
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 CAM = method_class("CAM", "cam")
 GradCAM = method_class("GradCAM", "gradcam")

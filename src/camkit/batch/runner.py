@@ -21,8 +21,8 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-import camkit
 from camkit.progress import Progress
+from camkit.version import __version__
 
 from .job import Job, ModelSpec
 from .results import DatasetResults, open_results
@@ -139,7 +139,7 @@ def as_model_spec(model: ModelSpec | str) -> ModelSpec:
 
 def versions() -> dict[str, str]:
     """The versions recorded in the manifest."""
-    return {"camkit": camkit.__version__, "torch": torch.__version__,
+    return {"camkit": __version__, "torch": torch.__version__,
             "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
