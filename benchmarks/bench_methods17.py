@@ -30,7 +30,7 @@ from bench_gradient import (
     weighted,
 )
 from camkit.targets import Finer
-from common import Row, interleaved_samples, paired_ratio, row, settings, setup
+from common import Row, interleaved_samples, nearer_sign, paired_ratio, row, settings, setup
 
 MAPS, SPEED = "methods17-maps", "methods17-speed"
 SAME = "<= 1e-4"
@@ -240,7 +240,8 @@ def maps(case: Case) -> list[Row]:
             theirs[peer.name] = minmax(theirs[peer.name])
         note = peer.note
         if peer.up_to_sign:
-            ours, flipped = nearer_sign(peer, method, ours, theirs[peer.name])
+            ours, flipped = nearer_sign(ours, peer.camkit_as_peer(-method, ours),
+                                        theirs[peer.name])
             note += f" ({flipped} of {len(ours)} maps of the other sign)"
         goal = None if peer.name in DIFFERENT else SAME
         rows.append(row(MAPS, f"{case.name} {peer.name} vs {peer.library}",
@@ -250,15 +251,6 @@ def maps(case: Case) -> list[Row]:
                     max_diff(variant, theirs["smoothgradcam++"]), "max |Δ|",
                     "the same noise, torchcam's three choices recomputed", SAME))
     return rows
-
-
-def nearer_sign(peer: Peer, raw: Tensor, ours: Tensor, theirs: Tensor) -> tuple[Tensor, int]:
-    """camkit's maps ``(B, H, W)`` brought to the peer from ``raw`` or ``-raw``, whichever is
-    nearer the peer's map, image by image; and how many took ``-raw``."""
-    flipped = peer.camkit_as_peer(-raw, ours)
-    flip = ((flipped - theirs).abs().flatten(1).amax(1)
-            < (ours - theirs).abs().flatten(1).amax(1))
-    return torch.where(flip[:, None, None], flipped, ours), int(flip.sum())
 
 
 def speed(case: Case) -> list[Row]:

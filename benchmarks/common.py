@@ -125,6 +125,16 @@ def parallel_op_ms() -> float:
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 
+def nearer_sign(plus: torch.Tensor, minus: torch.Tensor, theirs: torch.Tensor
+                ) -> tuple[torch.Tensor, int]:
+    """Map by map ``(B, H, W)``, whichever of ``plus`` and ``minus`` (camkit's map from a
+    principal vector and from its negation: a singular vector's sign is arbitrary) is nearer
+    the peer's ``theirs``; and how many maps took ``minus``."""
+    flip = ((minus - theirs).abs().flatten(1).amax(1)
+            < (plus - theirs).abs().flatten(1).amax(1))
+    return torch.where(flip[:, None, None], minus, plus), int(flip.sum())
+
+
 def goal_met(value: float, goal: str | None) -> bool | None:
     """Whether ``value`` satisfies ``goal`` (``"<= 1.05"``); ``None`` when there is no goal."""
     if not goal:
